@@ -1,0 +1,50 @@
+# Actions: what the engine asks the world to do. Frozen dataclasses, data only; the effectors
+# (nftables, logging) execute them. The engine returns them from feed()/handle_timer() and never
+# performs them itself.
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TypeAlias
+
+from guardian.addresses import IPAddress
+
+
+@dataclass(frozen=True, slots=True)
+class OpenGrant:
+    """Allow the source through the gate; the kernel drops the element after `timeout` seconds."""
+
+    source: IPAddress
+    timeout: float
+    door: str
+
+
+@dataclass(frozen=True, slots=True)
+class RefreshGrant:
+    """Reset an existing grant's kernel timeout to `timeout` seconds from now."""
+
+    source: IPAddress
+    timeout: float
+
+
+@dataclass(frozen=True, slots=True)
+class RevokeGrant:
+    """Remove the source's grant now (idempotent: the kernel may have expired it already)."""
+
+    source: IPAddress
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Notice:
+    """Something worth telling the operator (log line, event stream). Changes nothing.
+
+    kind is a stable machine-readable word: knock_completed, knock_failed, grant_opened,
+    grant_closed, ..."""
+
+    kind: str
+    source: IPAddress | None
+    door: str = ""
+    detail: str = ""
+
+
+Action: TypeAlias = OpenGrant | RefreshGrant | RevokeGrant | Notice

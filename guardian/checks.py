@@ -1,0 +1,157 @@
+# Checks for `guardian check`: a valid config can still lock the operator out or be weak against
+# scans. These pure functions read a Config (and the SSH_CLIENT value, passed in by the caller)
+# and return sentences for a human; they never fail and never decide anything by themselves.
+from __future__ import annotations
+
+from guardian.addresses import IPAddress, in_any, parse_address
+from guardian.config import Config, Door
+from guardian.events import SYN
+
+LONG_TIMEOUT = 60.0  # seconds from first to last knock; knock clients need a few seconds
+LONG_WINDOW = 600.0  # seconds a completed knock waits for a first connection
+MIN_STEPS = 3  # fewer knocks than this are found quickly by scanning
+
+
+def lockout_warnings(config: Config, ssh_client: str | None) -> list[str]:
+    """Ways this config could shut the operator out, judged from SSH_CLIENT ("ADDR PORT LPORT").
+
+    Rules, in order:
+    - no trusted network and no door: nobody can open a new connection to a guarded port
+      (said whatever SSH_CLIENT is);
+    - SSH_CLIENT missing or empty (not run over ssh): nothing more can be said;
+    - SSH_CLIENT not understood: said, since the check could not be made;
+    - the operator connects over loopback: no warning (the gate accepts `iif lo` first);
+    - LPORT (the server port this session uses) is not guarded: said, since the guardian leaves
+      that port open to everyone, which is usually a forgotten guard.ports entry;
+    - LPORT is guarded and ADDR is not trusted: with no door, the operator cannot come back once
+      this session ends (established sessions go on); with doors, reconnecting needs a knock.
+    Each item is one sentence, meant to be printed after "warning: "."""
+    warnings: list[str] = []
+    guard = config.guard
+    ports = ", ".join(str(p) for p in guard.ports)
+    if not guard.trusted and not config.doors:
+        warnings.append(
+            f"guard.trusted is empty and there is no [[door]]: nobody can open a new connection "
+            f"to the guarded port(s) {ports}"
+        )
+    if ssh_client is None or not ssh_client.strip():
+        return warnings
+    parsed = parse_ssh_client(ssh_client)
+    if parsed is None:
+        warnings.append(
+            f'SSH_CLIENT={ssh_client!r} is not "ADDRESS PORT LOCALPORT": cannot tell whether '
+            "this config would lock you out"
+        )
+        return warnings
+    address, local_port = parsed
+    if address.is_loopback:
+        return warnings
+    if local_port not in guard.ports:
+        warnings.append(
+            f"this session uses port {local_port}, which is not guarded (guard.ports = [{ports}]): "
+            f"it stays open to everyone; if sshd listens there, add {local_port} to guard.ports"
+        )
+        return warnings
+    if in_any(address, guard.trusted):
+        return warnings
+    if not config.doors:
+        warnings.append(
+            f"your address {address} is not in guard.trusted and there is no [[door]]: this "
+            f"session goes on, but once it ends you cannot connect to port {local_port} again; "
+            f"add {address} (or its network) to guard.trusted"
+        )
+    else:
+        names = ", ".join(door.name for door in config.doors)
+        warnings.append(
+            f"your address {address} is not in guard.trusted: this session goes on, but to "
+            f"connect to port {local_port} again you must knock first (door: {names})"
+        )
+    return warnings
+
+
+def parse_ssh_client(value: str) -> tuple[IPAddress, int] | None:
+    """ "192.0.2.7 51234 22" -> (address, 22); None when it does not have that shape."""
+    fields = value.split()
+    if len(fields) != 3:
+        return None
+    try:
+        address = parse_address(fields[0].split("%", 1)[0])  # drop an IPv6 zone: fe80::1%eth0
+        local_port = int(fields[2])
+    except ValueError:
+        return None
+    if not 1 <= local_port <= 65535:
+        return None
+    return address, local_port
+
+
+def config_warnings(config: Config) -> list[str]:
+    """Settings that are valid but risky or surprising, one sentence each (for `guardian check`).
+
+    - answer = "drop": guarded ports stay silent while unused ports answer with a reset, so a scan
+      can tell that something is guarded;
+    - a trusted network of everything (/0): the guard never closes for that family;
+    - a window over LONG_WINDOW: the port stays open long after a knock;
+    - per door: fewer than MIN_STEPS steps; no decoys at all, or decoy_band 0 (scans that hit the
+      knock ports in order can complete the sequence, knock#71); a timeout over LONG_TIMEOUT;
+      the same step twice in a row (indistinguishable from a retransmission); tcp_flags that a
+      plain SYN, which knock clients send, does not satisfy."""
+    warnings: list[str] = []
+    if config.guard.answer == "drop":
+        warnings.append(
+            'answer = "drop": guarded ports will not reply, while ports nothing listens on answer '
+            'with a reset, so a scan can tell a firewall guards them; "reset" looks like a closed '
+            "port"
+        )
+    for network in config.guard.trusted:
+        if network.prefixlen == 0:
+            warnings.append(
+                f"guard.trusted contains {network}: every IPv{network.version} address is "
+                "trusted, so the guard never closes for them"
+            )
+    if config.access.window > LONG_WINDOW:
+        warnings.append(
+            f"access.window is {config.access.window:g}s: a completed knock keeps the port open "
+            "that long for anyone at that address; a first connection usually follows in seconds"
+        )
+    for door in config.doors:
+        warnings.extend(_door_warnings(door))
+    return warnings
+
+
+def _door_warnings(door: Door) -> list[str]:
+    warnings: list[str] = []
+    steps = len(door.sequence)
+    if steps < MIN_STEPS:
+        warnings.append(
+            f"door {door.name!r} has {steps} step{'s' if steps > 1 else ''}: a scan finds a short "
+            f"sequence quickly; use {MIN_STEPS} or more"
+        )
+    if not door.decoys:
+        warnings.append(
+            f"door {door.name!r} has no decoy ports: a scan that hits its knock ports in order "
+            "can complete the sequence (knock#71); keep decoy_band above 0"
+        )
+    elif door.decoy_band == 0:
+        warnings.append(
+            f"door {door.name!r} has decoy_band = 0: only its explicit decoys stop scans from "
+            "walking the sequence"
+        )
+    if door.timeout > LONG_TIMEOUT:
+        warnings.append(
+            f"door {door.name!r} has a timeout of {door.timeout:g}s: a slow scan has that long "
+            "to complete the sequence; knock clients need a few seconds"
+        )
+    for before, after in zip(door.sequence, door.sequence[1:], strict=False):
+        if before == after:
+            warnings.append(
+                f"door {door.name!r} knocks {after} twice in a row: a retransmitted knock and a "
+                "deliberate repeat look the same"
+            )
+            break
+    uses_tcp = any(step.proto == "tcp" for step in (*door.sequence, *door.close))
+    if uses_tcp and not door.tcp_flags.matches(SYN):
+        warnings.append(
+            f"door {door.name!r} has tcp_flags = {str(door.tcp_flags)!r}: the plain SYN packets "
+            "that knock clients send (knock, guardian knock) do not count as knocks"
+        )
+    return warnings

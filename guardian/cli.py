@@ -1,0 +1,192 @@
+# The command line: argparse in, one function per sub-command, exit codes out. It holds no policy:
+# each command loads what it needs and hands over to the module that owns the work. Exit codes:
+# 0 ok, 1 a failure at run time, 2 a usage or configuration error.
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from guardian import __version__
+from guardian.config import DEFAULT_CONFIG_PATH, Config, KnockStep
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+
+
+def _load(path: str) -> Config | None:
+    """Load a config or print the loader's `file:line: key: reason` and return None."""
+    from guardian.configfile import ConfigError, load_config
+
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(f"guardian: {exc}", file=sys.stderr)
+        return None
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from guardian.daemon import Daemon, configure_logging
+    from guardian.effectors.nft import NftError
+    from guardian.watchers import WatcherError
+
+    config = _load(args.config)  # validated before anything touches the firewall
+    if config is None:
+        return EXIT_USAGE
+    configure_logging(args.verbose)
+    try:
+        return Daemon(config).run()
+    except NftError as exc:
+        print(f"guardian: nftables: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    except WatcherError as exc:
+        print(f"guardian: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from guardian.checks import config_warnings, lockout_warnings
+    from guardian.configfile import render_config
+
+    config = _load(args.config)
+    if config is None:
+        return EXIT_USAGE
+    sys.stdout.write(render_config(config))
+    warnings = config_warnings(config) + lockout_warnings(config, os.environ.get("SSH_CLIENT"))
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    print(f"{config.path}: ok ({len(warnings)} warning(s))", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from guardian.configfile import ConfigError
+    from guardian.knockd_import import import_knockd
+
+    try:
+        with open(args.file, encoding="utf-8", errors="replace") as handle:
+            text = handle.read()
+    except OSError as exc:
+        print(f"guardian: {args.file}: {exc.strerror}", file=sys.stderr)
+        return EXIT_FAIL
+    try:
+        result = import_knockd(text, args.file)
+    except ConfigError as exc:
+        print(f"guardian: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    sys.stdout.write(result.toml)
+    for note in result.notes:
+        print(f"not carried over: {note}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _parse_sequence(text: str) -> tuple[KnockStep, ...]:
+    steps = []
+    for word in text.replace(" ", "").split(","):
+        port, _, proto = word.partition("/")
+        proto = proto or "tcp"
+        if not port.isdigit() or not 0 < int(port) < 65536 or proto not in ("tcp", "udp"):
+            raise ValueError(f"bad knock {word!r}: write PORT or PORT/tcp or PORT/udp")
+        steps.append(KnockStep(int(port), "udp" if proto == "udp" else "tcp"))
+    return tuple(steps)
+
+
+def cmd_knock(args: argparse.Namespace) -> int:
+    from guardian.knock_client import send_sequence
+
+    if args.sequence:
+        try:
+            steps = _parse_sequence(args.sequence)
+        except ValueError as exc:
+            print(f"guardian: --sequence: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+    else:
+        config = _load(args.config)
+        if config is None:
+            return EXIT_USAGE
+        doors = [d for d in config.doors if args.door in (None, d.name)]
+        if not doors:
+            print(f"guardian: no door named {args.door!r} in {config.path}", file=sys.stderr)
+            return EXIT_USAGE
+        door = doors[0]
+        steps = door.close if args.close else door.sequence
+        if not steps:
+            print(f"guardian: door {door.name!r} has no close sequence", file=sys.stderr)
+            return EXIT_USAGE
+    family = 4 if args.ipv4 else 6 if args.ipv6 else 0
+    try:
+        address = send_sequence(args.host, steps, delay=args.delay / 1000.0, family=family)
+    except OSError as exc:
+        print(f"guardian: knock {args.host}: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    print(f"knocked {address}: {' '.join(map(str, steps))}")
+    return EXIT_OK
+
+
+def cmd_flush(args: argparse.Namespace) -> int:
+    from guardian.effectors.nft import NftEffector, NftError
+
+    try:
+        NftEffector().remove_table()
+    except NftError as exc:
+        print(f"guardian: nftables: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    print("removed table inet guardian (if it was there)")
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from guardian.lab.demo import run_demo
+
+    return run_demo(fast=args.fast)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="guardian", description="A session-aware guardian for sshd."
+    )
+    parser.add_argument("--version", action="version", version=f"ssh-guardian {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def with_config(p: argparse.ArgumentParser) -> None:
+        p.add_argument("-c", "--config", default=DEFAULT_CONFIG_PATH, help="config file (TOML)")
+
+    p = sub.add_parser("run", help="run the daemon in the foreground")
+    with_config(p)
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("check", help="validate a config and print the effective one")
+    with_config(p)
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("import", help="convert another tool's config to guardian TOML")
+    p.add_argument("kind", choices=["knockd"])
+    p.add_argument("file")
+    p.set_defaults(func=cmd_import)
+
+    p = sub.add_parser("knock", help="send a door's knock sequence to a host")
+    with_config(p)
+    p.add_argument("host")
+    p.add_argument("--door", help="door name (default: the first door)")
+    p.add_argument("--close", action="store_true", help="send the door's close sequence")
+    p.add_argument("--sequence", help="knocks to send instead of a door's, e.g. 7000,8000/udp,9000")
+    p.add_argument("--delay", type=float, default=0.0, help="milliseconds between knocks")
+    family = p.add_mutually_exclusive_group()
+    family.add_argument("-4", dest="ipv4", action="store_true", help="IPv4 only")
+    family.add_argument("-6", dest="ipv6", action="store_true", help="IPv6 only")
+    p.set_defaults(func=cmd_knock)
+
+    p = sub.add_parser("flush", help="remove the guardian's nftables table")
+    p.set_defaults(func=cmd_flush)
+
+    p = sub.add_parser("demo", help="run the narrated lab demo (root; network namespaces)")
+    p.add_argument("--fast", action="store_true", help="skip the pauses between steps")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    code: int = args.func(args)
+    return code

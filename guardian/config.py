@@ -1,0 +1,143 @@
+# Configuration: the frozen dataclasses every other module reads, and every default in one place.
+# Loading TOML into these (with `file:line: key: reason` errors) lives in guardian/configfile.py;
+# this module has no I/O so the pure engine can import it.
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Literal
+
+from guardian.addresses import IPNetwork
+from guardian.events import ACK, FIN, PSH, RST, SYN, URG, Proto
+
+# ---------------------------------------------------------------------------------------------
+# Defaults. Every default value of the product is written here and nowhere else.
+DEFAULT_CONFIG_PATH = "/etc/guardian/guardian.toml"
+DEFAULT_PORTS: tuple[int, ...] = (22,)
+DEFAULT_ANSWER: Literal["reset", "drop"] = "reset"
+DEFAULT_WINDOW = 30.0  # seconds a completed knock keeps the port open for a first connection
+DEFAULT_DOOR_TIMEOUT = 25.0  # knockd's Seq_Timeout default: first knock to last
+DEFAULT_TCP_FLAGS = "syn"
+DEFAULT_DECOY_BAND = 8  # decoy ports on each side of every sequence port (see engine/knock.py)
+MAX_SEQUENCE_LENGTH = 32  # knockd's limit
+MAX_ATTEMPTS = 4096  # in-progress knock attempts kept (LRU); bounds memory under spoofed floods
+TABLE_NAME = "guardian"  # nftables table, family inet
+
+FLAG_BITS: dict[str, int] = {"fin": FIN, "syn": SYN, "rst": RST, "psh": PSH, "ack": ACK, "urg": URG}
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+
+
+def parse_duration(text: str) -> float:
+    """'30s' -> 30.0, '10m' -> 600.0, '1w' -> 604800.0; a bare number means seconds.
+
+    Raises ValueError with a message meant for the operator."""
+    match = _DURATION.match(text)
+    if match is None:
+        raise ValueError(f'not a duration: {text!r} (write e.g. "30s", "10m", "1h", "1d")')
+    return float(match.group(1)) * _UNIT_SECONDS[match.group(2) or "s"]
+
+
+def format_duration(seconds: float) -> str:
+    """The inverse of parse_duration for whole values, used when printing effective configs."""
+    for unit in ("w", "d", "h", "m", "s"):
+        size = _UNIT_SECONDS[unit]
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    if seconds < 1:
+        return f"{round(seconds * 1000)}ms"
+    return f"{seconds:g}s"
+
+
+@dataclass(frozen=True, slots=True)
+class KnockStep:
+    """One knock: a port and its protocol, written "7000/tcp" (tcp if the protocol is left out)."""
+
+    port: int
+    proto: Proto = "tcp"
+
+    def __str__(self) -> str:
+        return f"{self.port}/{self.proto}"
+
+
+@dataclass(frozen=True, slots=True)
+class TcpFlags:
+    """knockd's TCPFlags: bits that must be set, bits that must be clear ("!flag")."""
+
+    required: int = SYN
+    forbidden: int = 0
+
+    def matches(self, flags: int) -> bool:
+        return (flags & self.required) == self.required and not (flags & self.forbidden)
+
+    def __str__(self) -> str:
+        words = [n for n, b in FLAG_BITS.items() if self.required & b]
+        words += [f"!{n}" for n, b in FLAG_BITS.items() if self.forbidden & b]
+        return ",".join(words)
+
+
+def parse_tcp_flags(text: str) -> TcpFlags:
+    """'syn', 'syn,!ack', 'syn ack' -> TcpFlags; '' means any flags. Raises ValueError."""
+    required = forbidden = 0
+    for word in re.split(r"[,\s]+", text.strip().lower()):
+        if not word:
+            continue
+        negate = word.startswith("!")
+        name = word[1:] if negate else word
+        if name not in FLAG_BITS:
+            raise ValueError(f"unknown TCP flag {name!r} (use fin, syn, rst, psh, ack, urg)")
+        if negate:
+            forbidden |= FLAG_BITS[name]
+        else:
+            required |= FLAG_BITS[name]
+    if required & forbidden:
+        raise ValueError(f"a flag is both required and forbidden in {text!r}")
+    return TcpFlags(required, forbidden)
+
+
+@dataclass(frozen=True, slots=True)
+class Door:
+    """A knock sequence that opens the guarded ports for the knocking source.
+
+    decoys holds every decoy port (the band around each sequence port already expanded, minus any
+    port that some door or the gate uses): a hit on one resets the source's attempts."""
+
+    name: str
+    sequence: tuple[KnockStep, ...]
+    timeout: float = DEFAULT_DOOR_TIMEOUT
+    tcp_flags: TcpFlags = field(default_factory=TcpFlags)
+    close: tuple[KnockStep, ...] = ()
+    decoy_band: int = DEFAULT_DECOY_BAND
+    decoys: tuple[KnockStep, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Guard:
+    ports: tuple[int, ...] = DEFAULT_PORTS
+    trusted: tuple[IPNetwork, ...] = ()
+    interfaces: tuple[str, ...] = ()  # empty = all, including ones that appear later
+    answer: Literal["reset", "drop"] = DEFAULT_ANSWER
+
+
+@dataclass(frozen=True, slots=True)
+class Access:
+    window: float = DEFAULT_WINDOW
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    guard: Guard = field(default_factory=Guard)
+    access: Access = field(default_factory=Access)
+    doors: tuple[Door, ...] = ()
+    path: str = ""  # where it was loaded from, for messages
+
+
+def knock_ports(config: Config) -> tuple[frozenset[int], frozenset[int]]:
+    """The TCP and UDP ports the knock listener must see: every door's steps, closes and decoys."""
+    tcp: set[int] = set()
+    udp: set[int] = set()
+    for door in config.doors:
+        for step in (*door.sequence, *door.close, *door.decoys):
+            (tcp if step.proto == "tcp" else udp).add(step.port)
+    return frozenset(tcp), frozenset(udp)

@@ -1,0 +1,119 @@
+# The guardian daemon as a lab process: `python -m guardian run -c FILE` inside a host namespace,
+# started with a config text, considered up once it prints "guardian: ready" on stderr (the table is
+# installed and the watchers registered), and stoppable the way an operator would (SIGTERM, SIGHUP,
+# or kill -9 to prove the kernel timeouts hold on their own).
+from __future__ import annotations
+
+import itertools
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from guardian.lab.netns import Lab, LabError
+
+READY_LINE = "guardian: ready"
+_counter = itertools.count(1)
+
+
+class GuardianStartError(LabError):
+    """The daemon exited or stayed silent before announcing it was ready."""
+
+
+@dataclass(frozen=True)
+class GuardianHandle:
+    """A guardian daemon running in a lab host; its stdout and stderr go to log_path."""
+
+    lab: Lab
+    host: str
+    proc: subprocess.Popen[bytes]
+    config_path: Path
+    log_path: Path
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self.proc.poll()
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def wait_for_log(self, text: str, timeout: float = 10.0, *, after: int = 0) -> bool:
+        """True once `text` appears in the log beyond character offset `after` (bounded poll)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if text in self.log_text()[after:]:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.02)
+
+    def hup(self) -> None:
+        """Ask the daemon to reload its config (SIGHUP)."""
+        self.proc.send_signal(signal.SIGHUP)
+
+    def stop(self, timeout: float = 10.0) -> int:
+        """SIGTERM and wait; SIGKILL if it overstays. Returns the exit status."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                return self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        return self.proc.wait(timeout=timeout)
+
+    def kill(self, timeout: float = 10.0) -> int:
+        """SIGKILL (no cleanup at all) and reap."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        return self.proc.wait(timeout=timeout)
+
+
+def guardian_argv(config_path: Path, extra_args: Sequence[str] = ()) -> list[str]:
+    # sys.executable is the venv's interpreter when tests or the demo run from .venv, which is
+    # the one that can import guardian and Debian's nftables.
+    return [sys.executable, "-m", "guardian", "run", "-c", str(config_path), *extra_args]
+
+
+def start_guardian(
+    lab: Lab,
+    config_text: str,
+    host: str = "server",
+    extra_args: Sequence[str] = (),
+    *,
+    ready_timeout: float = 10.0,
+    wait_ready: bool = True,
+) -> GuardianHandle:
+    """Write the config and run the daemon in `host`; wait (bounded) for "guardian: ready".
+
+    With wait_ready=False it returns at once (for configs that must fail: check returncode).
+    """
+    serial = next(_counter)
+    config_path = lab.workdir / f"guardian-{host}-{serial}.toml"
+    config_path.write_text(config_text)
+    log_path = lab.workdir / f"guardian-{host}-{serial}.log"
+    with log_path.open("ab") as log:
+        proc = lab.popen(host, guardian_argv(config_path, extra_args), stdout=log, stderr=log)
+    handle = GuardianHandle(lab, host, proc, config_path, log_path)
+    if not wait_ready:
+        return handle
+    deadline = time.monotonic() + ready_timeout
+    while time.monotonic() < deadline:
+        if READY_LINE in handle.log_text():
+            return handle
+        if proc.poll() is not None:
+            raise GuardianStartError(
+                f"guardian exited ({proc.returncode}) before ready:\n{handle.log_text()}"
+            )
+        time.sleep(0.02)
+    handle.kill()
+    raise GuardianStartError(f"guardian not ready within {ready_timeout}s:\n{handle.log_text()}")

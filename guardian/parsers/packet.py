@@ -1,0 +1,80 @@
+# Knock packets, pure: bytes starting at the IP header (what an AF_PACKET SOCK_DGRAM socket
+# delivers) -> a KnockSeen, or None for anything that is not a well-formed, complete IPv4/IPv6 TCP
+# or UDP packet. It never raises: a capture socket hands us whatever the wire carried, and a
+# malformed packet is an ordinary non-event.
+#
+# It agrees with the kernel filter (guardian/bpf.py) on what a knock is: no IPv4 fragments (a
+# first fragment would carry ports, but a knock never needs fragmenting), no IPv6 extension
+# headers. It is stricter than the filter about lengths: the IP length fields must fit inside what
+# was captured, so a truncated packet is not a knock.
+from __future__ import annotations
+
+import ipaddress
+
+from guardian.addresses import normalize
+from guardian.events import KnockSeen, Proto
+
+IPPROTO_TCP, IPPROTO_UDP = 6, 17
+_PROTOCOLS: dict[int, Proto] = {IPPROTO_TCP: "tcp", IPPROTO_UDP: "udp"}
+_TCP_FLAGS_MASK = (
+    0x3F  # FIN..URG (events.py); ECE/CWR ride on ECN-capable SYNs and mean nothing here
+)
+_IPV6_HEADER = 40
+
+
+def parse_knock(packet: bytes, interface: str = "") -> KnockSeen | None:
+    """An IP packet -> KnockSeen(source, port, proto, tcp_flags, interface), or None."""
+    if not packet:
+        return None
+    version = packet[0] >> 4
+    if version == 4:
+        return _parse_ipv4(packet, interface)
+    if version == 6:
+        return _parse_ipv6(packet, interface)
+    return None
+
+
+def _parse_ipv4(packet: bytes, interface: str) -> KnockSeen | None:
+    if len(packet) < 20:
+        return None
+    header_length = (packet[0] & 0x0F) * 4
+    total_length = int.from_bytes(packet[2:4], "big")
+    fragment = int.from_bytes(packet[6:8], "big") & 0x3FFF  # MF bit and offset
+    proto = _PROTOCOLS.get(packet[9])
+    if header_length < 20 or fragment or proto is None:
+        return None
+    if not header_length <= total_length <= len(packet):
+        return None
+    source = ipaddress.IPv4Address(packet[12:16])
+    return _parse_transport(packet[header_length:total_length], proto, source, interface)
+
+
+def _parse_ipv6(packet: bytes, interface: str) -> KnockSeen | None:
+    if len(packet) < _IPV6_HEADER:
+        return None
+    payload_length = int.from_bytes(packet[4:6], "big")
+    proto = _PROTOCOLS.get(packet[6])  # the next header, directly: extension headers are refused
+    end = _IPV6_HEADER + payload_length
+    if proto is None or end > len(packet):
+        return None
+    source = ipaddress.IPv6Address(packet[8:24])
+    return _parse_transport(packet[_IPV6_HEADER:end], proto, source, interface)
+
+
+def _parse_transport(
+    segment: bytes, proto: Proto, source: ipaddress.IPv4Address | ipaddress.IPv6Address, iface: str
+) -> KnockSeen | None:
+    if proto == "tcp":
+        if len(segment) < 20:
+            return None
+        data_offset = (segment[12] >> 4) * 4
+        if not 20 <= data_offset <= len(segment):
+            return None
+        flags = segment[13] & _TCP_FLAGS_MASK
+    else:
+        udp_length = int.from_bytes(segment[4:6], "big") if len(segment) >= 8 else 0
+        if not 8 <= udp_length <= len(segment):
+            return None
+        flags = 0
+    port = int.from_bytes(segment[2:4], "big")
+    return KnockSeen(normalize(source), port, proto, flags, iface)

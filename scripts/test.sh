@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# The test command: set-up, then lint (ruff), formatting, types (mypy --strict) and every test,
+# lab tests included (they need root and fail, never skip, without it). All steps run even when one
+# fails, so one run shows everything; the exit status is non-zero if any failed. pytest's output
+# and JUnit XML are kept in ./artifacts/ (with the lab logs of failing tests).
+# Extra arguments go to pytest, e.g. `bash scripts/test.sh -k knock -x`.
+set -uo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$REPO"
+ARTIFACTS="$REPO/artifacts"
+BIN="$REPO/.venv/bin"
+
+if [[ "$(id -u)" -ne 0 ]]; then
+  echo "test: the lab tests need root (network namespaces, nftables, raw sockets):" >&2
+  echo "      sudo bash scripts/test.sh" >&2
+  exit 1
+fi
+
+bash "$REPO/scripts/setup.sh" || { echo "test: setup failed" >&2; exit 1; }
+mkdir -p "$ARTIFACTS"
+
+failed=()
+step() {
+  local name="$1"
+  shift
+  printf '\n== %s: %s\n' "$name" "$*"
+  if "$@"; then
+    printf '== %s: ok\n' "$name"
+  else
+    printf '== %s: FAILED\n' "$name"
+    failed+=("$name")
+  fi
+}
+
+step ruff "$BIN/ruff" check .
+step format "$BIN/ruff" format --check .
+step mypy "$BIN/mypy" --strict guardian/
+
+printf '\n== pytest\n'
+"$BIN/pytest" -ra --junitxml="$ARTIFACTS/junit.xml" "$@" 2>&1 | tee "$ARTIFACTS/pytest.log"
+rc=${PIPESTATUS[0]}
+summary="$(grep -E '^=+ .*( in [0-9.]+s).* =+$' "$ARTIFACTS/pytest.log" | tail -n 1)"
+if ((rc == 5)); then
+  failed+=("pytest (no tests collected)")
+elif ((rc != 0)); then
+  failed+=("pytest (exit $rc)")
+fi
+
+printf '\n== summary\n'
+printf 'pytest: %s\n' "${summary:-no summary line (exit $rc)}"
+if ((${#failed[@]})); then
+  printf 'FAILED: %s\n' "${failed[*]}"
+  exit 1
+fi
+echo "all checks passed"
