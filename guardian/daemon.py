@@ -76,6 +76,7 @@ class Daemon:
         self._knock: KnockWatcher | None = None
         self._stopping = False
         self._signals: list[int] = []
+        self._pending: list[Event] = []
         self._wake_r, self._wake_w = socket.socketpair()
 
     # ---- start-up -----------------------------------------------------------------------------
@@ -92,7 +93,7 @@ class Daemon:
             log.info("adopted %d grant(s) already in the kernel", len(adopted))
         self._knock = _knock_watcher_for(self.config)
         if self._knock is not None:
-            self._selector.register(self._knock, selectors.EVENT_READ, "knock")
+            self._selector.register(self._knock, selectors.EVENT_READ, self._on_knock_readable)
         self._install_signal_handlers()
 
     def _install_signal_handlers(self) -> None:
@@ -101,7 +102,7 @@ class Daemon:
         signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, self._on_signal)
-        self._selector.register(self._wake_r, selectors.EVENT_READ, "signal")
+        self._selector.register(self._wake_r, selectors.EVENT_READ, self._on_wakeup_readable)
 
     def _on_signal(self, signum: int, _frame: object) -> None:
         # Runs between bytecodes of the main thread: only record it; the loop acts on it.
@@ -133,25 +134,36 @@ class Daemon:
         ready = self._selector.select(timeout)
         self.stats.wakeups += 1
         now = self.clock()
-        actions: list[Action] = []
-        for key, _mask in ready:
-            if key.data == "signal":
-                self._drain_wakeup()
-            elif key.data == "knock":
-                actions += self._feed_all(self._read_knocks(), now)
+        for key, mask in ready:
+            # Every registered fd carries its own callback; callbacks only queue events.
+            key.data(mask)
+        pending, self._pending = self._pending, []
+        actions = self._feed_all(pending, now)
         deadline = self.engine.get_timer()
         if deadline is not None and deadline <= now:
             actions += self.engine.handle_timer(now)
         self._apply(actions, now)
         self._handle_signals()
 
-    def _read_knocks(self) -> Sequence[Event]:
-        assert self._knock is not None
+    @property
+    def selector(self) -> selectors.BaseSelector:
+        """The loop's selector: other fd owners (the control socket) register callbacks here."""
+        return self._selector
+
+    def queue(self, events: Sequence[Event]) -> None:
+        """Hand events to the engine at this wake-up (callbacks call this; nothing blocks)."""
+        self._pending.extend(events)
+
+    def _on_knock_readable(self, _mask: int) -> None:
+        if self._knock is None:
+            return
         try:
-            return self._knock.read_events()
+            self.queue(self._knock.read_events())
         except WatcherError as exc:
             self._count_watcher_error("knock", exc)
-            return ()
+
+    def _on_wakeup_readable(self, _mask: int) -> None:
+        self._drain_wakeup()
 
     def _feed_all(self, events: Sequence[Event], now: float) -> list[Action]:
         actions: list[Action] = []
@@ -237,7 +249,7 @@ class Daemon:
             self._knock.close()
         self._knock = new_knock
         if new_knock is not None:
-            self._selector.register(new_knock, selectors.EVENT_READ, "knock")
+            self._selector.register(new_knock, selectors.EVENT_READ, self._on_knock_readable)
         now = self.clock()
         self._apply(self.engine.reconfigure(new, now), now)
         self.config = new
