@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import sys
 from collections.abc import Sequence
 
@@ -92,7 +93,7 @@ def _parse_sequence(text: str) -> tuple[KnockStep, ...]:
 
 
 def cmd_knock(args: argparse.Namespace) -> int:
-    from guardian.knock_client import send_sequence
+    from guardian.knock_client import KnockError, send_sequence
 
     if args.sequence:
         try:
@@ -113,10 +114,10 @@ def cmd_knock(args: argparse.Namespace) -> int:
         if not steps:
             print(f"guardian: door {door.name!r} has no close sequence", file=sys.stderr)
             return EXIT_USAGE
-    family = 4 if args.ipv4 else 6 if args.ipv6 else 0
+    family = socket.AF_INET if args.ipv4 else socket.AF_INET6 if args.ipv6 else 0
     try:
         address = send_sequence(args.host, steps, delay=args.delay / 1000.0, family=family)
-    except OSError as exc:
+    except (OSError, KnockError) as exc:
         print(f"guardian: knock {args.host}: {exc}", file=sys.stderr)
         return EXIT_FAIL
     print(f"knocked {address}: {' '.join(map(str, steps))}")

@@ -33,8 +33,18 @@ LAYERS: tuple[tuple[int, tuple[str, ...]], ...] = (
             "guardian.notices",
         ),
     ),
-    (3, ("guardian.watchers", "guardian.effectors")),
-    (4, ("guardian.daemon", "guardian.control", "guardian.ui")),
+    # The wire snapshot is pure, but it is built from the engine's snapshot.
+    (3, ("guardian.watchers", "guardian.effectors", "guardian.snapshot")),
+    (
+        4,
+        (
+            "guardian.daemon",
+            "guardian.control",
+            "guardian.control_client",
+            "guardian.ui",
+            "guardian.metrics",
+        ),
+    ),
     # Upper layers that may use anything below the command line.
     (5, ("guardian.knock_client", "guardian.lab")),
     (6, ("guardian.cli",)),

@@ -123,8 +123,10 @@ def _parse_row(
         return None
     if len(local_port_hex) != 4 or len(remote_port_hex) != 4 or len(state_hex) != 2:
         return None
+    if not _plausible(local_addr, remote_addr):
+        return None
     if ports is not None and local_port not in ports:
-        return _FILTERED if _plausible(local_addr, remote_addr) else None
+        return _FILTERED
     try:
         return SocketRow(
             _address(local_addr, byteorder),
