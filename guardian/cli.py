@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 
 from guardian import __version__
-from guardian.config import DEFAULT_CONFIG_PATH, Config, KnockStep
+from guardian.config import DEFAULT_CONFIG_PATH, DEFAULT_CONTROL_SOCKET, Config, KnockStep
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
@@ -27,7 +27,8 @@ def _load(path: str) -> Config | None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from guardian.daemon import Daemon, configure_logging
+    from guardian.control import ControlSocketError
+    from guardian.daemon import Daemon, DaemonOptions, configure_logging
     from guardian.effectors.nft import NftError
     from guardian.watchers import WatcherError
 
@@ -35,8 +36,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     if config is None:
         return EXIT_USAGE
     configure_logging(args.verbose)
+    options = DaemonOptions(
+        control_socket=None if args.socket == "none" else args.socket,
+        read_group=args.read_group,
+        use_conntrack=not args.no_conntrack,
+        use_journal=not args.no_journal,
+    )
     try:
-        return Daemon(config).run()
+        return Daemon(config, options=options).run()
+    except ControlSocketError as exc:
+        print(f"guardian: control socket: {exc}", file=sys.stderr)
+        return EXIT_FAIL
     except NftError as exc:
         print(f"guardian: nftables: {exc}", file=sys.stderr)
         return EXIT_FAIL
@@ -143,6 +153,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from guardian.ui.commands import add_status_commands
+
     parser = argparse.ArgumentParser(
         prog="guardian", description="A session-aware guardian for sshd."
     )
@@ -155,6 +167,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run the daemon in the foreground")
     with_config(p)
     p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument(
+        "--socket", default=DEFAULT_CONTROL_SOCKET, help="control socket path, or 'none'"
+    )
+    p.add_argument("--read-group", help="group whose members may read status (read-only)")
+    p.add_argument(
+        "--no-conntrack", action="store_true", help="don't use conntrack events (socket table only)"
+    )
+    p.add_argument(
+        "--no-journal", action="store_true", help="don't read sshd's lines from the journal"
+    )
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("check", help="validate a config and print the effective one")
@@ -180,6 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("flush", help="remove the guardian's nftables table")
     p.set_defaults(func=cmd_flush)
+
+    add_status_commands(sub)
 
     p = sub.add_parser("demo", help="run the narrated lab demo (root; network namespaces)")
     p.add_argument("--fast", action="store_true", help="skip the pauses between steps")

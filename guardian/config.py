@@ -16,12 +16,27 @@ DEFAULT_CONFIG_PATH = "/etc/guardian/guardian.toml"
 DEFAULT_PORTS: tuple[int, ...] = (22,)
 DEFAULT_ANSWER: Literal["reset", "drop"] = "reset"
 DEFAULT_WINDOW = 30.0  # seconds a completed knock keeps the port open for a first connection
+DEFAULT_LINGER = 10.0  # seconds a grant outlives its last session (a reconnect, the next scp)
+DEFAULT_LEASE = 60.0  # kernel timeout of a grant while sessions live; refreshed every lease / 2
+MIN_LEASE = 1.0  # shorter leases would wake the daemon for refreshes all the time
+DEFAULT_REQUIRE_AUTH = True  # only sshd-authenticated connections keep access beyond login grace
+# sshd's own LoginGraceTime default: what an unauthenticated connection may hold access for when
+# [access] login_grace_time is "auto" and the daemon has not (or could not) read `sshd -T`.
+DEFAULT_LOGIN_GRACE_TIME = 120.0
 DEFAULT_DOOR_TIMEOUT = 25.0  # knockd's Seq_Timeout default: first knock to last
 DEFAULT_TCP_FLAGS = "syn"
 DEFAULT_DECOY_BAND = 8  # decoy ports on each side of every sequence port (see engine/knock.py)
 MAX_SEQUENCE_LENGTH = 32  # knockd's limit
 MAX_ATTEMPTS = 4096  # in-progress knock attempts kept (LRU); bounds memory under spoofed floods
+MAX_CONNECTIONS = 65536  # connections to guarded ports tracked; beyond it the oldest are evicted
 TABLE_NAME = "guardian"  # nftables table, family inet
+DEFAULT_CONTROL_SOCKET = "/run/guardian/control.sock"  # the daemon's JSON-lines control socket
+# The socket table is a slow reconciliation while conntrack delivers events, and the whole session
+# signal when it does not: then a session's end is seen within SOCKETS_FALLBACK_INTERVAL.
+SOCKETS_RECONCILE_INTERVAL = 30.0
+SOCKETS_FALLBACK_INTERVAL = 2.0
+# How far back the journal is searched at start-up for the "Accepted" lines of live sessions.
+SESSION_HISTORY = 7 * 86400.0
 
 FLAG_BITS: dict[str, int] = {"fin": FIN, "syn": SYN, "rst": RST, "psh": PSH, "ack": ACK, "urg": URG}
 
@@ -123,6 +138,20 @@ class Guard:
 @dataclass(frozen=True, slots=True)
 class Access:
     window: float = DEFAULT_WINDOW
+    linger: float = DEFAULT_LINGER  # may be 0: close as soon as the last session ends
+    lease: float = DEFAULT_LEASE
+    require_auth: bool = DEFAULT_REQUIRE_AUTH
+    # None means "auto": the daemon reads sshd's LoginGraceTime (`sshd -T`) and puts the seconds
+    # here with dataclasses.replace before handing the config to the engine; until then (or if
+    # sshd cannot be asked) the engine uses DEFAULT_LOGIN_GRACE_TIME. See login_grace.
+    login_grace_time: float | None = None
+
+    @property
+    def login_grace(self) -> float:
+        """The login grace the engine applies: the resolved value, or sshd's default."""
+        if self.login_grace_time is None:
+            return DEFAULT_LOGIN_GRACE_TIME
+        return self.login_grace_time
 
 
 @dataclass(frozen=True, slots=True)

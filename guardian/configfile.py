@@ -21,10 +21,14 @@ from guardian.config import (
     DEFAULT_ANSWER,
     DEFAULT_DECOY_BAND,
     DEFAULT_DOOR_TIMEOUT,
+    DEFAULT_LEASE,
+    DEFAULT_LINGER,
     DEFAULT_PORTS,
+    DEFAULT_REQUIRE_AUTH,
     DEFAULT_TCP_FLAGS,
     DEFAULT_WINDOW,
     MAX_SEQUENCE_LENGTH,
+    MIN_LEASE,
     Access,
     Config,
     Door,
@@ -49,7 +53,8 @@ _TOML_AT_END = re.compile(r"^(.*) \(at end of document\)$", re.DOTALL)
 
 _TOP_KEYS = ("guard", "access", "door")
 _GUARD_KEYS = ("ports", "trusted", "interfaces", "answer")
-_ACCESS_KEYS = ("window",)
+_ACCESS_KEYS = ("window", "linger", "lease", "require_auth", "login_grace_time")
+AUTO = "auto"  # login_grace_time: read sshd's LoginGraceTime at start
 _DOOR_KEYS = ("name", "sequence", "timeout", "tcp_flags", "close", "decoy_band", "decoys")
 
 
@@ -405,7 +410,38 @@ class _Parser:
         window = DEFAULT_WINDOW
         if "window" in data:
             window = self.duration(data["window"], ("access", "window"), numbers=True)
-        return Access(window=window)
+        linger = DEFAULT_LINGER
+        if "linger" in data:
+            linger = self.duration(
+                data["linger"], ("access", "linger"), numbers=True, allow_zero=True
+            )
+        lease = DEFAULT_LEASE
+        if "lease" in data:
+            lease = self.duration(data["lease"], ("access", "lease"), numbers=True)
+            if lease < MIN_LEASE:
+                raise self.error(
+                    ("access", "lease"),
+                    f"must be at least {format_duration(MIN_LEASE)} (it is refreshed every "
+                    f"lease / 2), got {data['lease']!r}",
+                )
+        require_auth = data.get("require_auth", DEFAULT_REQUIRE_AUTH)
+        if not isinstance(require_auth, bool):
+            raise self.error(
+                ("access", "require_auth"), f"expected true or false, got {_kind(require_auth)}"
+            )
+        grace: float | None = None  # None: "auto"
+        raw_grace = data.get("login_grace_time", AUTO)
+        if not (isinstance(raw_grace, str) and raw_grace.strip().lower() == AUTO):
+            grace = self.duration(
+                raw_grace, ("access", "login_grace_time"), numbers=True, auto=True
+            )
+        return Access(
+            window=window,
+            linger=linger,
+            lease=lease,
+            require_auth=require_auth,
+            login_grace_time=grace,
+        )
 
     def unique_list(
         self, value: Any, at: KeyPath, item: Callable[[Any, KeyPath], T], what: str
@@ -447,18 +483,31 @@ class _Parser:
             )
         return value
 
-    def duration(self, value: Any, at: KeyPath, *, numbers: bool) -> float:
+    def duration(
+        self,
+        value: Any,
+        at: KeyPath,
+        *,
+        numbers: bool,
+        allow_zero: bool = False,
+        auto: bool = False,
+    ) -> float:
+        """A duration in seconds from "30s" (or a bare number where numbers is set); > 0 unless
+        allow_zero. auto only adds '"auto" or' to the messages of keys that also take "auto"."""
+        expected = '"auto" or a duration like "30s"' if auto else 'a duration like "30s"'
         if isinstance(value, str):
             try:
                 seconds = parse_duration(value)
             except ValueError as exc:
-                raise self.error(at, str(exc)) from None
+                reason = f'not "auto" or a duration: {value!r}' if auto else str(exc)
+                raise self.error(at, reason) from None
         elif numbers and isinstance(value, int | float) and not isinstance(value, bool):
             seconds = float(value)
         else:
-            raise self.error(at, f'expected a duration like "30s", got {_kind(value)}')
-        if not math.isfinite(seconds) or seconds <= 0:
-            raise self.error(at, f"must be longer than 0, got {value!r}")
+            raise self.error(at, f"expected {expected}, got {_kind(value)}")
+        if not math.isfinite(seconds) or seconds < 0 or (seconds == 0 and not allow_zero):
+            bound = "0 or longer" if allow_zero else "longer than 0"
+            raise self.error(at, f"must be {bound}, got {value!r}")
         return seconds
 
     # -- [[door]] ---------------------------------------------------------------------------
@@ -696,6 +745,8 @@ def toml_string(text: str) -> str:
 
 def render_duration(seconds: float) -> str:
     """format_duration when it reads back exactly, else exact decimal seconds."""
+    if seconds == 0:
+        return toml_string("0s")  # format_duration would say "0ms"
     text = format_duration(seconds)
     if parse_duration(text) == seconds:
         return toml_string(text)
@@ -742,6 +793,15 @@ def render_config(config: Config) -> str:
         "",
         "[access]",
         f"window = {render_duration(config.access.window)}",
+        f"linger = {render_duration(config.access.linger)}",
+        f"lease = {render_duration(config.access.lease)}",
+        f"require_auth = {'true' if config.access.require_auth else 'false'}",
+        "login_grace_time = "
+        + (
+            toml_string(AUTO)
+            if config.access.login_grace_time is None
+            else render_duration(config.access.login_grace_time)
+        ),
     ]
     used = {step for door in config.doors for step in (*door.sequence, *door.close)}
     for door in config.doors:

@@ -1,16 +1,22 @@
 # The daemon: the only event-loop code in ssh-guardian. One process, one thread, one selector.
-# Every watcher owns a file descriptor; the loop sleeps until one is readable or the engine's single
-# next deadline arrives, feeds the events in, and applies the actions that come out in one nftables
-# transaction per wake-up. Signals arrive through a wakeup fd, so they are events like any other.
+# Every watcher owns a file descriptor whose selector entry carries a callback that only queues
+# events; the loop sleeps until an fd is readable or the earliest deadline (the engine's, the
+# socket-table poll, the journal's short activity poll) arrives, feeds the queued events to the
+# engine, and applies the actions in one nftables transaction per wake-up. Signals arrive through
+# a wakeup fd, so they are events like any other.
 #
-# Start-up order matters for "invalid config never half-applies" and for "nothing opens that
-# shouldn't": the config is loaded and validated before this module is reached; the table is
-# installed in one transaction; grants already in the kernel are adopted (not re-added); only then
-# are the watchers opened and "guardian: ready" printed.
+# Start-up order matters for "invalid config never half-applies" and "nothing opens that
+# shouldn't, nothing closes under a live session": the config is validated before this module is
+# reached; the table is installed in one transaction; grants already in the kernel are adopted;
+# live connections are listed (conntrack, else the socket table) and the journal's recent
+# "Accepted" lines vouch for them; only then do the live watchers start and "guardian: ready"
+# go out. Every watcher is optional: the engine works with whatever subset is up.
 from __future__ import annotations
 
+import dataclasses
 import errno
 import logging
+import os
 import selectors
 import signal
 import socket
@@ -18,21 +24,58 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
+from guardian import __version__
 from guardian.actions import Action, Notice
-from guardian.config import Config, knock_ports
+from guardian.addresses import parse_address
+from guardian.config import (
+    DEFAULT_CONTROL_SOCKET,
+    SESSION_HISTORY,
+    SOCKETS_FALLBACK_INTERVAL,
+    SOCKETS_RECONCILE_INTERVAL,
+    Config,
+    knock_ports,
+)
 from guardian.configfile import ConfigError, load_config
+from guardian.control import ControlError, ControlServer
 from guardian.effectors.nft import NftEffector, NftError
 from guardian.effectors.nft_rules import commands_for
 from guardian.engine import Engine
-from guardian.events import Event, GrantFound
+from guardian.events import (
+    ConnectionClosed,
+    ConnectionOpened,
+    ConnectionsListed,
+    Event,
+    GrantFound,
+    GrantRequested,
+    RevokeRequested,
+    SessionOpened,
+    SignalsChanged,
+)
 from guardian.notices import RateLimiter, format_notice
+from guardian.snapshot import RecentEvents, WatcherStatus, build_status, event_from_notice
+from guardian.sshd_probe import read_login_grace_time
 from guardian.watchers import WatcherError
+from guardian.watchers.conntrack import ConntrackWatcher
+from guardian.watchers.journal import JournalWatcher
 from guardian.watchers.knock import KnockWatcher
+from guardian.watchers.sockets import SocketTableWatcher
+from guardian.watchers.sshd_log import SshdLogAdapter
 
 log = logging.getLogger("guardian")
 
 READY_LINE = "guardian: ready"
+
+
+@dataclass(frozen=True)
+class DaemonOptions:
+    """How this run is wired (command-line choices, not policy: policy is the config)."""
+
+    control_socket: str | None = DEFAULT_CONTROL_SOCKET  # None: no control socket
+    read_group: str | None = None
+    use_conntrack: bool = True
+    use_journal: bool = True
 
 
 @dataclass
@@ -44,6 +87,7 @@ class DaemonStats:
     nft_errors: int = 0
     reloads: int = 0
     reload_failures: int = 0
+    socket_polls: int = 0
     watcher_errors: dict[str, int] = field(default_factory=dict)
 
 
@@ -56,6 +100,18 @@ def _knock_watcher_for(config: Config) -> KnockWatcher | None:
     return watcher
 
 
+def resolve_login_grace(config: Config) -> Config:
+    """[access] login_grace_time = "auto" becomes sshd's own LoginGraceTime when sshd says."""
+    if config.access.login_grace_time is not None:
+        return config
+    grace = read_login_grace_time()
+    if grace is None:
+        return config
+    return dataclasses.replace(
+        config, access=dataclasses.replace(config.access, login_grace_time=grace)
+    )
+
+
 class Daemon:
     """Wires config, engine, watchers and effectors together and runs the loop until stopped."""
 
@@ -63,17 +119,30 @@ class Daemon:
         self,
         config: Config,
         *,
+        options: DaemonOptions | None = None,
         nft: NftEffector | None = None,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
-        self.config = config
+        self.options = options or DaemonOptions()
+        self.config = resolve_login_grace(config)
         self.nft = nft if nft is not None else NftEffector()
         self.clock = clock
-        self.engine = Engine(config)
+        self.wall_clock = wall_clock
+        self.engine = Engine(self.config)
         self.stats = DaemonStats()
         self.limiter = RateLimiter()
+        self.recent = RecentEvents()
+        self.started_at = clock()
         self._selector = selectors.DefaultSelector()
         self._knock: KnockWatcher | None = None
+        self._conntrack: ConntrackWatcher | None = None
+        self._journal: JournalWatcher | None = None
+        self._sshd_log = SshdLogAdapter()
+        self._sockets = SocketTableWatcher(self.config.guard.ports, SOCKETS_RECONCILE_INTERVAL)
+        self._next_socket_poll = 0.0
+        self._control: ControlServer | None = None
+        self._down: dict[str, str] = {}  # watcher name -> why it is not delivering
         self._stopping = False
         self._signals: list[int] = []
         self._pending: list[Event] = []
@@ -81,20 +150,107 @@ class Daemon:
 
     # ---- start-up -----------------------------------------------------------------------------
     def start(self) -> None:
-        """Install the table, adopt existing grants, open the watchers. Raises on failure."""
+        """Install the table, adopt what the kernel already has, open the watchers."""
         self.nft.install(self.config)
         now = self.clock()
-        adopted = self.nft.list_grants()
         actions: list[Action] = []
+        adopted = self.nft.list_grants()
         for source, expires_in in adopted:
             actions += self.engine.feed(GrantFound(source, expires_in), now)
-        self._apply(actions, now)
         if adopted:
             log.info("adopted %d grant(s) already in the kernel", len(adopted))
+        # conntrack needs the table first: its `ct state` rule is what loads connection tracking.
+        self._open_conntrack()
+        self._open_journal()
+        actions += self.engine.feed(self._signals_event(), now)
+        listing = self._initial_listing()
+        actions += self.engine.feed(listing, now)
+        actions += self._feed_all(self._sessions_from_history(listing), now)
+        self._apply(actions, now)
+        self._next_socket_poll = now + self._socket_interval()
         self._knock = _knock_watcher_for(self.config)
         if self._knock is not None:
             self._selector.register(self._knock, selectors.EVENT_READ, self._on_knock_readable)
+        self._open_control()
         self._install_signal_handlers()
+
+    def _open_conntrack(self) -> None:
+        if not self.options.use_conntrack:
+            self._down["conntrack"] = "disabled by option"
+            return
+        watcher = ConntrackWatcher(self.config.guard.ports)
+        try:
+            watcher.open()
+        except WatcherError as exc:
+            self._down["conntrack"] = str(exc)
+            log.warning(
+                "conntrack events unavailable (%s); falling back to the socket table every %gs",
+                exc,
+                SOCKETS_FALLBACK_INTERVAL,
+            )
+            return
+        self._conntrack = watcher
+        self._selector.register(watcher, selectors.EVENT_READ, self._on_conntrack_readable)
+
+    def _open_journal(self) -> None:
+        if not self.options.use_journal:
+            self._down["journal"] = "disabled by option"
+            return
+        watcher = JournalWatcher()
+        try:
+            watcher.open()
+        except WatcherError as exc:
+            self._down["journal"] = str(exc)
+            log.warning("journal unavailable (%s); sessions count from their TCP connection", exc)
+            return
+        self._journal = watcher
+        self._selector.register(watcher, selectors.EVENT_READ, self._on_journal_readable)
+
+    def _signals_event(self) -> SignalsChanged:
+        origins = {"sockets"} | ({"conntrack"} if self._conntrack is not None else set())
+        return SignalsChanged(frozenset(origins), auth=self._journal is not None)
+
+    def _initial_listing(self) -> ConnectionsListed:
+        listing: ConnectionsListed | None = None
+        if self._conntrack is not None:
+            try:
+                listing = self._conntrack.dump()
+            except WatcherError as exc:
+                log.warning("conntrack dump failed (%s); listing the socket table instead", exc)
+        if listing is None:
+            listing = self._poll_sockets()
+        if listing is None:
+            return ConnectionsListed(frozenset(), origin="sockets", initial=True)
+        return dataclasses.replace(listing, initial=True)
+
+    def _sessions_from_history(self, listing: ConnectionsListed) -> list[Event]:
+        """Past "Accepted" lines for connections that are still live: a restart keeps them."""
+        if self._journal is None or not listing.connections:
+            return []
+        live = {(source, sport) for source, sport, _dport in listing.connections}
+        since = self.wall_clock() - SESSION_HISTORY
+        try:
+            records = self._journal.history(since, max_records=5000)
+        except WatcherError as exc:
+            log.warning("journal history unavailable: %s", exc)
+            return []
+        found = [
+            event
+            for event in SshdLogAdapter().events(records)
+            if isinstance(event, SessionOpened) and (event.source, event.sport) in live
+        ]
+        if found:
+            log.info("the journal vouches for %d live session(s)", len(found))
+        return list(found)
+
+    def _open_control(self) -> None:
+        path = self.options.control_socket
+        if path is None:
+            return
+        server = ControlServer(path, DaemonControl(self), read_group=self.options.read_group)
+        server.open()
+        server.register(self._selector)
+        self._control = server
 
     def _install_signal_handlers(self) -> None:
         self._wake_r.setblocking(False)
@@ -112,10 +268,11 @@ class Daemon:
     def run(self) -> int:
         self.start()
         log.info(
-            "guarding tcp ports %s; %d door(s); answer=%s",
+            "guarding tcp ports %s; %d door(s); answer=%s; watchers down: %s",
             ",".join(map(str, self.config.guard.ports)),
             len(self.config.doors),
             self.config.guard.answer,
+            ", ".join(sorted(self._down)) or "none",
         )
         print(READY_LINE, file=sys.stderr, flush=True)
         try:
@@ -126,24 +283,61 @@ class Daemon:
         log.info("stopped; the table stays, grants expire by their kernel timeouts")
         return 0
 
+    def _next_deadline(self, now: float) -> float | None:
+        deadlines = [self.engine.get_timer(), self._next_socket_poll]
+        if self._journal is not None:
+            deadlines.append(self._journal.next_poll(now))
+        present = [d for d in deadlines if d is not None]
+        return min(present) if present else None
+
     def step(self) -> None:
         """One wake-up: wait for an fd or the deadline, then feed and apply."""
-        deadline = self.engine.get_timer()
         now = self.clock()
+        deadline = self._next_deadline(now)
         timeout = None if deadline is None else max(0.0, deadline - now)
         ready = self._selector.select(timeout)
         self.stats.wakeups += 1
         now = self.clock()
         for key, mask in ready:
-            # Every registered fd carries its own callback; callbacks only queue events.
-            key.data(mask)
+            key.data(mask)  # callbacks only queue events
+        self._poll_due(now, journal_read=any(k.fileobj is self._journal for k, _ in ready))
         pending, self._pending = self._pending, []
         actions = self._feed_all(pending, now)
-        deadline = self.engine.get_timer()
-        if deadline is not None and deadline <= now:
+        engine_deadline = self.engine.get_timer()
+        if engine_deadline is not None and engine_deadline <= now:
             actions += self.engine.handle_timer(now)
         self._apply(actions, now)
+        if (pending or actions) and self._control is not None:
+            self._control.invalidate()
         self._handle_signals()
+
+    def _poll_due(self, now: float, journal_read: bool) -> None:
+        if now >= self._next_socket_poll:
+            listing = self._poll_sockets()
+            if listing is not None:
+                self.queue([listing])
+            self._next_socket_poll = now + self._socket_interval()
+        if self._journal is not None and not journal_read:
+            due = self._journal.next_poll(now)
+            if due is not None and due <= now:
+                self._read_journal(now)
+
+    def _socket_interval(self) -> float:
+        # The socket table is a slow reconciliation while conntrack delivers, and the whole
+        # signal (polled faster) when it does not or when it cannot see some connections' ends.
+        if self._conntrack is None or self._conntrack.unobservable:
+            return SOCKETS_FALLBACK_INTERVAL
+        return SOCKETS_RECONCILE_INTERVAL
+
+    def _poll_sockets(self) -> ConnectionsListed | None:
+        """A listing, or None when /proc could not be read (a failed read must never look like
+        "no connections": that would close live sessions' access)."""
+        self.stats.socket_polls += 1
+        try:
+            return self._sockets.poll()
+        except WatcherError as exc:
+            self._count_watcher_error("sockets", exc)
+            return None
 
     @property
     def selector(self) -> selectors.BaseSelector:
@@ -158,12 +352,49 @@ class Daemon:
         if self._knock is None:
             return
         try:
-            self.queue(self._knock.read_events())
+            events = self._knock.read_events()
         except WatcherError as exc:
             self._count_watcher_error("knock", exc)
+            return
+        self.queue(events)
+        if events and self._journal is not None:
+            self._journal.note_activity(self.clock())
+
+    def _on_conntrack_readable(self, _mask: int) -> None:
+        if self._conntrack is None:
+            return
+        try:
+            events = self._conntrack.read_events()
+        except WatcherError as exc:
+            self._count_watcher_error("conntrack", exc)
+            return
+        self.queue(events)
+        if self._journal is not None and any(
+            isinstance(e, ConnectionOpened | ConnectionClosed) for e in events
+        ):
+            # A connection came or went: sshd's Accepted/Disconnected line follows shortly.
+            self._journal.note_activity(self.clock())
+
+    def _on_journal_readable(self, _mask: int) -> None:
+        self._read_journal(self.clock())
+
+    def _read_journal(self, now: float) -> None:
+        if self._journal is None:
+            return
+        try:
+            records = self._journal.read_records(now=now)
+        except WatcherError as exc:
+            self._count_watcher_error("journal", exc)
+            return
+        self.queue(self._sshd_log.events(records))
 
     def _on_wakeup_readable(self, _mask: int) -> None:
-        self._drain_wakeup()
+        try:
+            while self._wake_r.recv(512):
+                pass
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.EWOULDBLOCK):
+                raise
 
     def _feed_all(self, events: Sequence[Event], now: float) -> list[Action]:
         actions: list[Action] = []
@@ -179,15 +410,19 @@ class Daemon:
                 self.nft.apply(commands)
                 self.stats.batches_applied += 1
             except NftError as exc:
-                # The batch was refused whole; the kernel stays as it was. Grants the engine thinks
-                # are open will lapse by timeout or be retried on the next refresh.
+                # The batch was refused whole; the kernel stays as it was. Grants lapse by their
+                # timeouts; the next refresh of a live session retries.
                 self.stats.nft_errors += 1
                 log.error("nftables refused a batch of %d command(s): %s", len(commands), exc)
         for action in actions:
             if isinstance(action, Notice):
-                self._log_notice(action, now)
+                self._announce(action, now)
 
-    def _log_notice(self, notice: Notice, now: float) -> None:
+    def _announce(self, notice: Notice, now: float) -> None:
+        event = event_from_notice(notice, self.wall_clock())
+        self.recent.add(event)
+        if self._control is not None:
+            self._control.publish(event.to_json())
         admitted, suppressed = self.limiter.admit(notice.kind, now)
         if not admitted:
             return
@@ -202,14 +437,6 @@ class Daemon:
         if count <= 10 or count % 1000 == 0:
             log.warning("watcher %s: %s (error #%d)", name, exc, count)
 
-    def _drain_wakeup(self) -> None:
-        try:
-            while self._wake_r.recv(512):
-                pass
-        except OSError as exc:
-            if exc.errno not in (errno.EAGAIN, errno.EWOULDBLOCK):
-                raise
-
     def _handle_signals(self) -> None:
         while self._signals:
             signum = self._signals.pop(0)
@@ -219,12 +446,36 @@ class Daemon:
                 log.info("received %s, stopping", signal.Signals(signum).name)
                 self._stopping = True
 
+    # ---- what the control socket reports ------------------------------------------------------
+    def watcher_statuses(self) -> list[WatcherStatus]:
+        return [
+            WatcherStatus("knock", self._knock is not None, "" if self._knock else "no doors"),
+            WatcherStatus(
+                "conntrack", self._conntrack is not None, self._down.get("conntrack", "")
+            ),
+            WatcherStatus("journal", self._journal is not None, self._down.get("journal", "")),
+            WatcherStatus("sockets", True, ""),
+        ]
+
+    def loop_counters(self) -> dict[str, int]:
+        counters = {
+            "wakeups": self.stats.wakeups,
+            "nft_batches": self.stats.batches_applied,
+            "nft_errors": self.stats.nft_errors,
+            "reloads": self.stats.reloads,
+            "reload_failures": self.stats.reload_failures,
+            "socket_polls": self.stats.socket_polls,
+        }
+        if self._knock is not None:
+            counters.update({f"knock_{k}": v for k, v in self._knock.stats().items()})
+        return counters
+
     # ---- reload -------------------------------------------------------------------------------
     def reload(self) -> bool:
         """SIGHUP: load the file again; apply it whole or not at all."""
         path = self.config.path
         try:
-            new = load_config(path)
+            new = resolve_login_grace(load_config(path))
         except ConfigError as exc:
             self.stats.reload_failures += 1
             log.error("reload refused, keeping the running config: %s", exc)
@@ -250,6 +501,8 @@ class Daemon:
         self._knock = new_knock
         if new_knock is not None:
             self._selector.register(new_knock, selectors.EVENT_READ, self._on_knock_readable)
+        if new.guard.ports != self.config.guard.ports:
+            self._reopen_session_watchers(new)
         now = self.clock()
         self._apply(self.engine.reconfigure(new, now), now)
         self.config = new
@@ -257,14 +510,78 @@ class Daemon:
         log.info("reloaded %s", path)
         return True
 
+    def _reopen_session_watchers(self, new: Config) -> None:
+        self._sockets = SocketTableWatcher(new.guard.ports, SOCKETS_RECONCILE_INTERVAL)
+        if self._conntrack is not None:
+            self._selector.unregister(self._conntrack)
+            self._conntrack.close()
+            self._conntrack = None
+            self._down.pop("conntrack", None)
+            watcher = ConntrackWatcher(new.guard.ports)
+            try:
+                watcher.open()
+            except WatcherError as exc:
+                self._down["conntrack"] = str(exc)
+            else:
+                self._conntrack = watcher
+                self._selector.register(watcher, selectors.EVENT_READ, self._on_conntrack_readable)
+        self.queue([self._signals_event()])
+        self._next_socket_poll = self.clock()
+
     def close(self) -> None:
-        if self._knock is not None:
-            self._knock.close()
-            self._knock = None
+        for watcher in (self._knock, self._conntrack, self._journal):
+            if watcher is not None:
+                watcher.close()
+        self._knock = self._conntrack = None
+        self._journal = None
+        if self._control is not None:
+            self._control.close()
+            self._control = None
         signal.set_wakeup_fd(-1)
         self._selector.close()
         self._wake_r.close()
         self._wake_w.close()
+
+
+class DaemonControl:
+    """The control socket's handler (guardian.control.ControlHandler): reads the daemon's state
+    and queues operator requests as events, so they take the same path as everything else."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+
+    def snapshot(self) -> dict[str, Any]:
+        d = self.daemon
+        now = d.clock()
+        return build_status(
+            d.engine.snapshot(now),
+            wall_now=d.wall_clock(),
+            started_at=d.started_at,
+            version=__version__,
+            pid=os.getpid(),
+            config_path=d.config.path,
+            table_installed=True,
+            watchers=d.watcher_statuses(),
+            events=d.recent.items(),
+            extra_counters=d.loop_counters(),
+        ).to_json()
+
+    def grant(self, source: str, duration: float) -> dict[str, Any]:
+        self.daemon.queue([GrantRequested(parse_address(source), duration)])
+        return {"queued": True}
+
+    def revoke(self, source: str) -> dict[str, Any]:
+        self.daemon.queue([RevokeRequested(parse_address(source))])
+        return {"queued": True}
+
+    def ban(self, source: str, duration: float | None) -> dict[str, Any]:
+        raise ControlError("bans are not implemented yet")
+
+    def unban(self, source: str) -> dict[str, Any]:
+        raise ControlError("bans are not implemented yet")
+
+    def reload(self) -> dict[str, Any]:
+        return {"reloaded": self.daemon.reload()}
 
 
 def configure_logging(verbose: bool = False) -> None:

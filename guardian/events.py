@@ -53,11 +53,7 @@ class RevokeRequested:
     reason: str = "operator"
 
 
-Event: TypeAlias = KnockSeen | GrantFound | GrantRequested | RevokeRequested
-
-
 # ---- sessions (fed by the conntrack, socket-table and journal watchers) ----------------------
-# Not yet part of the Event union: the engine learns them with the session lifecycle.
 
 ConnectionId: TypeAlias = tuple[IPAddress, int, int]  # (source address, source port, guarded port)
 
@@ -84,11 +80,18 @@ class ConnectionClosed:
 
 @dataclass(frozen=True, slots=True)
 class ConnectionsListed:
-    """A full listing of live connections to guarded ports (conntrack dump or socket-table poll):
-    anything the engine believes live but missing here is closed; anything new here is open."""
+    """A full listing of live connections to guarded ports (conntrack dump or socket-table poll).
+
+    It speaks for its origin: a connection this origin reported before and missing here is closed;
+    one no live origin vouches for (journal-only, or its watcher went away) is closed unless listed;
+    connections known only from another origin are left alone; anything new here is open."""
 
     connections: frozenset[ConnectionId]
     origin: str = "conntrack"
+    # True only for a watcher's listing taken at daemon start-up (before "ready"): live
+    # connections from untrusted sources without a grant are then adopted (a restart must not cut
+    # a live session's access). Later listings never create grants.
+    initial: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,3 +112,32 @@ class SessionClosed:
     sport: int
     user: str
     pid: int
+
+
+@dataclass(frozen=True, slots=True)
+class SignalsChanged:
+    """Which session signals the daemon has right now; sent at start-up (before the first listing)
+    and whenever a watcher comes up or goes down.
+
+    connections: the origins currently able to report connections ("conntrack", "sockets"); empty
+    when none is. Connections only a vanished origin vouched for become unconfirmed: the next
+    listing of any origin confirms or closes them.
+    auth: the journal watcher is up, so sshd's "Accepted" lines (SessionOpened) can be seen. When
+    it is down, every connection counts as a session from its start (nothing could tell)."""
+
+    connections: frozenset[str]
+    auth: bool
+
+
+Event: TypeAlias = (
+    KnockSeen
+    | GrantFound
+    | GrantRequested
+    | RevokeRequested
+    | ConnectionOpened
+    | ConnectionClosed
+    | ConnectionsListed
+    | SessionOpened
+    | SessionClosed
+    | SignalsChanged
+)

@@ -15,8 +15,12 @@ from guardian.config import (
     DEFAULT_ANSWER,
     DEFAULT_DECOY_BAND,
     DEFAULT_DOOR_TIMEOUT,
+    DEFAULT_LEASE,
+    DEFAULT_LINGER,
+    DEFAULT_LOGIN_GRACE_TIME,
     DEFAULT_PORTS,
     DEFAULT_WINDOW,
+    Access,
     Config,
     KnockStep,
     TcpFlags,
@@ -193,6 +197,73 @@ def test_window_accepts_durations_and_seconds() -> None:
         assert parse_config(f"[access]\nwindow = {text}\n", "g").access.window == seconds
 
 
+def test_session_keys_default_from_config_module() -> None:
+    access = parse_config("", "g").access
+    assert (access.linger, access.lease, access.require_auth) == (
+        DEFAULT_LINGER,
+        DEFAULT_LEASE,
+        True,
+    )
+    assert access.login_grace_time is None  # "auto": the daemon asks sshd
+    assert access.login_grace == DEFAULT_LOGIN_GRACE_TIME
+    assert Access(login_grace_time=45.0).login_grace == 45.0
+
+
+def test_session_keys_parse() -> None:
+    text = (
+        '[access]\nlinger = "15s"\nlease = "2m"\nrequire_auth = false\nlogin_grace_time = "30s"\n'
+    )
+    access = parse_config(text, "g").access
+    assert (access.linger, access.lease, access.require_auth) == (15.0, 120.0, False)
+    assert access.login_grace_time == 30.0
+    for raw, expected in (('"0s"', 0.0), ("0", 0.0), ("2.5", 2.5)):
+        assert parse_config(f"[access]\nlinger = {raw}\n", "g").access.linger == expected
+    for raw in ('"auto"', '"AUTO"', '" auto "'):
+        grace = parse_config(f"[access]\nlogin_grace_time = {raw}\n", "g").access
+        assert grace.login_grace_time is None
+    assert parse_config("[access]\nlogin_grace_time = 45\n", "g").access.login_grace_time == 45.0
+    assert parse_config('[access]\nlease = "1s"\n', "g").access.lease == 1.0
+
+
+@pytest.mark.parametrize(
+    ("line", "key", "reason"),
+    [
+        ("linger = -1", "access.linger", "must be 0 or longer, got -1"),
+        ('linger = "soon"', "access.linger", "not a duration: 'soon'"),
+        ('lease = "0.5s"', "access.lease", "must be at least 1s"),
+        ('lease = "0s"', "access.lease", "must be longer than 0"),
+        ('require_auth = "yes"', "access.require_auth", "expected true or false, got a string"),
+        ('login_grace_time = "soon"', "access.login_grace_time", 'not "auto" or a duration'),
+        ("login_grace_time = 0", "access.login_grace_time", "must be longer than 0, got 0"),
+        ("login_grace_time = true", "access.login_grace_time", 'expected "auto" or a duration'),
+        ('lingering = "1s"', "access.lingering", ""),
+    ],
+)
+def test_session_keys_errors_name_line_and_key(line: str, key: str, reason: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(f'[access]\nwindow = "30s"\n{line}\n', "g.toml")
+    assert (caught.value.line, caught.value.key) == (3, key)
+    assert reason in caught.value.reason
+
+
+def test_render_writes_the_session_keys_and_reads_them_back() -> None:
+    auto = parse_config("", "g")
+    rendered = render_config(auto)
+    for line in (
+        'linger = "10s"',
+        'lease = "1m"',
+        "require_auth = true",
+        'login_grace_time = "auto"',
+    ):
+        assert line in rendered.splitlines()
+    resolved = Config(
+        access=Access(linger=0.0, lease=90.0, require_auth=False, login_grace_time=7.5)
+    )
+    text = render_config(resolved)
+    assert 'linger = "0s"' in text.splitlines()
+    assert parse_config(text, "") == resolved
+
+
 def test_interface_names() -> None:
     for good in ("eth0", "enp0s31f6", "wg-vpn_1", "a" * 15, "br.10"):
         assert is_interface_name(good), good
@@ -345,6 +416,16 @@ def _config_texts(draw: st.DrawFn) -> str:
         "[access]",
         f"window = {draw(_DURATION)}",
     ]
+    if draw(st.booleans()):
+        linger = draw(st.one_of(_DURATION, st.just("0")))
+        lease = draw(_DURATION.filter(lambda d: d not in ('"250ms"', '"0.2s"')))  # >= 1s
+        grace = draw(st.one_of(_DURATION, st.just('"auto"')))
+        lines += [
+            f"linger = {linger}",
+            f"lease = {lease}",
+            f"require_auth = {draw(st.sampled_from(['true', 'false']))}",
+            f"login_grace_time = {grace}",
+        ]
     for index in range(draw(st.integers(0, 3))):
         lines += [
             "[[door]]",

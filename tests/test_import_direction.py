@@ -34,7 +34,7 @@ LAYERS: tuple[tuple[int, tuple[str, ...]], ...] = (
         ),
     ),
     # The wire snapshot is pure, but it is built from the engine's snapshot.
-    (3, ("guardian.watchers", "guardian.effectors", "guardian.snapshot")),
+    (3, ("guardian.watchers", "guardian.effectors", "guardian.snapshot", "guardian.sshd_probe")),
     (
         4,
         (

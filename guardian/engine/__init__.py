@@ -3,5 +3,14 @@
 # tests/test_import_direction.py enforces that its modules import no I/O library.
 from guardian.engine.core import COUNTER_NAMES, Engine, EngineSnapshot
 from guardian.engine.grants import GrantState, GrantView
+from guardian.engine.sessions import AuthState, SessionView
 
-__all__ = ["COUNTER_NAMES", "Engine", "EngineSnapshot", "GrantState", "GrantView"]
+__all__ = [
+    "COUNTER_NAMES",
+    "AuthState",
+    "Engine",
+    "EngineSnapshot",
+    "GrantState",
+    "GrantView",
+    "SessionView",
+]

@@ -1,19 +1,44 @@
 # The Engine facade: the one object the daemon talks to. Events in, actions out, time as an argument
-# (sans-IO, like h11 and aioquic). It ties the knock tracker (knock.py) to the grant table
-# (grants.py), decides what is worth telling the operator, and merges both deadline queues into the
-# single timer the event loop waits on. It never performs I/O and never reads a clock.
+# (sans-IO, like h11 and aioquic). It ties the knock tracker (knock.py) and the connection table
+# (sessions.py) to the grant table (grants.py), decides what is worth telling the operator, and
+# merges the three deadline queues into the single timer the event loop waits on. It never
+# performs I/O and never reads a clock.
+#
+# Session events, in short (the rules are in sessions.py and grants.py):
+#   ConnectionOpened / ConnectionClosed / ConnectionsListed  conntrack and the socket table
+#   SessionOpened / SessionClosed                            the journal (Accepted, Disconnected)
+#   SignalsChanged                                           which of those watchers are up
+# After each, every source whose connections changed is settled by the grant table. Sources that
+# are trusted, or have no grant, are tracked and shown but get none, except that a listing marked
+# initial (start-up) adopts live connections of untrusted sources (door "adopted").
+# Feed SignalsChanged before the first listing at start-up; until told, the engine assumes the
+# journal is up (authentication needs evidence) and every connection origin is.
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from guardian.actions import Action, Notice
-from guardian.addresses import in_any, normalize
-from guardian.config import MAX_ATTEMPTS, Config
+from guardian.addresses import IPAddress, in_any, normalize
+from guardian.config import MAX_ATTEMPTS, MAX_CONNECTIONS, Config
 from guardian.engine.grants import GrantTable, GrantView
 from guardian.engine.knock import KnockCompleted, KnockFailed, KnockOutcome, KnockTracker
-from guardian.events import Event, GrantFound, GrantRequested, KnockSeen, RevokeRequested
+from guardian.engine.sessions import AuthState, Change, ChangeKind, ConnectionTable, SessionView
+from guardian.events import (
+    ConnectionClosed,
+    ConnectionOpened,
+    ConnectionsListed,
+    Event,
+    GrantFound,
+    GrantRequested,
+    KnockSeen,
+    RevokeRequested,
+    SessionClosed,
+    SessionOpened,
+    SignalsChanged,
+)
 
 OPERATOR_DOOR = "operator"
 REASON_CLOSE_SEQUENCE = "close sequence"
@@ -33,7 +58,24 @@ COUNTER_NAMES: tuple[str, ...] = (
     "grants_opened",
     "grants_refreshed",
     "grants_closed",
-    "grants_adopted",
+    "grants_adopted",  # grants found in the kernel at start-up (GrantFound)
+    "grants_adopted_live",  # grants created for live connections of a start-up listing
+    "grants_in_session",  # entries into IN_SESSION
+    "grants_lingering",  # entries into LINGER (the last session ended)
+    "grants_closed_by_linger",  # of grants_closed: linger ended with no session back
+    "lease_refreshes",  # kernel timeouts renewed while sessions live (every lease / 2)
+    "connections_opened",  # connections first seen (from any watcher, or the journal)
+    "connections_closed",  # connections ended (a close, a listing, the journal)
+    "connections_evicted",  # connections dropped to keep the table under its cap
+    "connections_ungranted",  # new connections from untrusted sources without a grant
+    "connections_duplicate",  # an open its origin had reported already
+    "closes_unknown",  # a close for a connection not tracked (usual: another watcher was first)
+    "listings",  # ConnectionsListed handled
+    "sessions_opened",  # connections that became sessions (Accepted, or assumed)
+    "sessions_closed",  # sessions ended (evictions included)
+    "sessions_duplicate",  # an "Accepted" for a connection that had one already
+    "unauthenticated_expired",  # connections whose login grace passed without an "Accepted"
+    "signals_changed",  # SignalsChanged handled
     "unexpected_events",  # events that made no sense in the current state (counted, not raised)
 )
 
@@ -49,17 +91,35 @@ class EngineSnapshot:
     timer_entries: int  # entries in the internal deadline heaps (bounded; a memory gauge)
     next_deadline: float | None
     counters: Mapping[str, int]  # a copy; COUNTER_NAMES are always present
+    sessions: tuple[SessionView, ...] = ()  # every tracked connection (never above the cap)
+    auth_signal: bool = True  # the journal is up: authentication needs evidence
+    connection_origins: tuple[str, ...] | None = None  # origins up; None: never told
 
 
 class Engine:
     """Pure policy core. Call feed() for each event, handle_timer() when get_timer() has come."""
 
-    def __init__(self, config: Config, *, max_attempts: int = MAX_ATTEMPTS) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        max_attempts: int = MAX_ATTEMPTS,
+        max_connections: int = MAX_CONNECTIONS,
+    ) -> None:
         self._config = config
         self._max_attempts = max_attempts
         self._counters: Counter[str] = Counter(dict.fromkeys(COUNTER_NAMES, 0))
         self._knocks = KnockTracker(config.doors, max_attempts, self._counters)
-        self._grants = GrantTable(self._counters)
+        self._auth_signal = True
+        self._origins: frozenset[str] | None = None
+        self._conns = ConnectionTable(
+            self._counters,
+            cap=max_connections,
+            grace=config.access.login_grace,
+            assume_auth=not config.access.require_auth,
+            protected=self._has_grant,
+        )
+        self._grants = GrantTable(self._counters, config.access, self._conns.tally)
         self._last_now: float | None = None
 
     @property
@@ -75,17 +135,27 @@ class Engine:
         actions = self._run_due(now)
         if isinstance(event, KnockSeen):
             actions += self._on_knock(event, now)
+        elif isinstance(event, ConnectionOpened | ConnectionClosed | ConnectionsListed):
+            actions += self._on_connections(event, now)
+        elif isinstance(event, SessionOpened):
+            changes = self._conns.session_opened(
+                event.source, event.sport, event.user, event.pid, now
+            )
+            actions += self._after(changes, now)
+        elif isinstance(event, SessionClosed):
+            actions += self._after(self._conns.session_closed(event.source, event.sport), now)
+        elif isinstance(event, SignalsChanged):
+            actions += self._on_signals(event, now)
         elif isinstance(event, GrantFound):
-            source = normalize(event.source)
-            actions += self._grants.adopt(source, event.expires_in, self._config.access.window, now)
+            actions += self._grants.adopt(normalize(event.source), event.expires_in, now)
         elif isinstance(event, GrantRequested):
             actions += self._on_grant_requested(event, now)
         elif isinstance(event, RevokeRequested):
             actions += self._grants.revoke(normalize(event.source), event.reason)
         else:
             self._counters["unexpected_events"] += 1
-        # A zero-length window or an adopted grant with no time left is due at once: settle it now,
-        # so get_timer() never points before `now`.
+        # A zero-length window, an adopted grant with no time left or a zero linger is due at
+        # once: settle it now, so get_timer() never points before `now`.
         return actions + self._run_due(now)
 
     def handle_timer(self, now: float) -> list[Action]:
@@ -93,17 +163,28 @@ class Engine:
 
     def get_timer(self) -> float | None:
         deadlines = [
-            d for d in (self._knocks.next_deadline(), self._grants.next_deadline()) if d is not None
+            d
+            for d in (
+                self._knocks.next_deadline(),
+                self._conns.next_deadline(),
+                self._grants.next_deadline(),
+            )
+            if d is not None
         ]
         return min(deadlines) if deadlines else None
 
     def reconfigure(self, config: Config, now: float) -> list[Action]:
-        """SIGHUP: grants stay as they are; attempts of doors that changed are dropped."""
+        """SIGHUP: grants and connections stay as they are (new linger, lease and login grace
+        apply from their next transition on); attempts of doors that changed are dropped; if
+        authentication is no longer required, pending connections become sessions."""
         now = self._advance_clock(now)
         actions = self._run_due(now)
         self._knocks.reconfigure(config.doors)
         self._config = config
-        return actions
+        self._grants.access = config.access
+        self._conns.grace = config.access.login_grace
+        actions += self._apply_auth_policy(now)
+        return actions + self._run_due(now)
 
     def snapshot(self, now: float) -> EngineSnapshot:
         """A read-only view; it changes nothing, not even due deadlines."""
@@ -112,9 +193,14 @@ class Engine:
             grants=self._grants.views(now),
             attempts=self._knocks.sources_in_progress,
             attempt_records=self._knocks.attempt_records,
-            timer_entries=self._knocks.timer_entries + self._grants.timer_entries,
+            timer_entries=(
+                self._knocks.timer_entries + self._conns.timer_entries + self._grants.timer_entries
+            ),
             next_deadline=self.get_timer(),
             counters=dict(self._counters),
+            sessions=self._conns.views(now),
+            auth_signal=self._auth_signal,
+            connection_origins=None if self._origins is None else tuple(sorted(self._origins)),
         )
 
     # -- events --------------------------------------------------------------------------------
@@ -145,8 +231,87 @@ class Engine:
         effects = self._grants.open(source, door, self._config.access.window, now)
         return _cause_first(effects, Notice("knock_completed", source, door))
 
+    def _on_connections(
+        self, event: ConnectionOpened | ConnectionClosed | ConnectionsListed, now: float
+    ) -> list[Action]:
+        if isinstance(event, ConnectionOpened):
+            changes = self._conns.opened(event.source, event.sport, event.dport, event.origin, now)
+            return self._after(changes, now)
+        if isinstance(event, ConnectionClosed):
+            return self._after(self._conns.closed(event.source, event.sport, event.dport), now)
+        changes = self._conns.listed(event.connections, event.origin, now)
+        adopt = {normalize(s) for s, _, _ in event.connections} if event.initial else set()
+        return self._after(changes, now, adopt)
+
+    def _on_signals(self, event: SignalsChanged, now: float) -> list[Action]:
+        self._counters["signals_changed"] += 1
+        self._auth_signal = event.auth
+        self._origins = frozenset(event.connections)
+        self._conns.forget_origins(self._origins)
+        return self._apply_auth_policy(now)
+
+    def _apply_auth_policy(self, now: float) -> list[Action]:
+        """Connections need evidence of authentication only when it is required and observable;
+        otherwise new ones are sessions at once and pending ones become sessions now."""
+        assume = not (self._config.access.require_auth and self._auth_signal)
+        self._conns.assume_auth = assume
+        return self._after(self._conns.assume_pending() if assume else [], now)
+
+    def _after(
+        self, changes: list[Change], now: float, adopt: set[IPAddress] | None = None
+    ) -> list[Action]:
+        """Let the grant table settle every source the changes touched (after adopting, for a
+        start-up listing); then tell the operator about sessions, cause first."""
+        effects: list[Action] = []
+        for source in sorted(adopt or (), key=_address_order):
+            if source not in self._grants and not self._trusted(source):
+                effects += self._grants.adopt_live(source, now)
+        touched = {change.connection.source for change in changes}
+        for source in sorted(touched, key=_address_order):
+            effects += self._grants.settle(source, now)
+        causes: list[Notice] = []
+        for change in changes:
+            source = change.connection.source
+            if change.created and source not in self._grants and not self._trusted(source):
+                self._counters["connections_ungranted"] += 1
+            notice = self._session_notice(change)
+            if notice is not None:
+                causes.append(notice)
+        return _cause_first(effects, *causes)
+
+    def _session_notice(self, change: Change) -> Notice | None:
+        conn = change.connection
+        grant = self._grants.get(conn.source)
+        door = "" if grant is None else grant.door
+        if change.kind is ChangeKind.EXPIRED:
+            if grant is None:
+                return None  # counted; only a grant it held makes it worth telling
+            return Notice("unauthenticated_expired", conn.source, door, f"port {conn.sport}")
+        if change.kind is ChangeKind.SESSION_OPENED:
+            kind = "session_opened"
+        elif change.kind is ChangeKind.SESSION_CLOSED:
+            kind = "session_closed"
+        else:
+            return None  # bare connections come and go without a word (counters show them)
+        detail = f"port {conn.sport}" if conn.user is None else f"{conn.user} port {conn.sport}"
+        if conn.auth is AuthState.ASSUMED:
+            detail += " (authentication assumed)"
+        if self._trusted(conn.source):
+            detail += ", trusted"
+        elif grant is None:
+            detail += ", no grant"
+        if change.detail:
+            detail += f": {change.detail}"
+        return Notice(kind, conn.source, door, detail)
+
+    def _has_grant(self, source: IPAddress) -> bool:
+        return source in self._grants
+
+    def _trusted(self, source: IPAddress) -> bool:
+        return in_any(source, self._config.guard.trusted)
+
     def _on_grant_requested(self, event: GrantRequested, now: float) -> list[Action]:
-        if event.duration <= 0:
+        if not (event.duration > 0 and math.isfinite(event.duration)):
             self._counters["unexpected_events"] += 1
             return []
         source = normalize(event.source)
@@ -172,33 +337,49 @@ class Engine:
         return now
 
     def _run_due(self, now: float) -> list[Action]:
-        """Settle every deadline <= now, earliest first, across attempts and grants."""
+        """Settle every deadline <= now, earliest first, across attempts, connections and grants
+        (on a tie in that order: a login grace that ends with a window is settled first)."""
         actions: list[Action] = []
         while True:
-            knock_at = self._knocks.next_deadline()
-            grant_at = self._grants.next_deadline()
-            if (
-                knock_at is not None
-                and knock_at <= now
-                and (grant_at is None or knock_at <= grant_at)
-            ):
+            due = [
+                (at, rank)
+                for rank, at in enumerate(
+                    (
+                        self._knocks.next_deadline(),
+                        self._conns.next_deadline(),
+                        self._grants.next_deadline(),
+                    )
+                )
+                if at is not None and at <= now
+            ]
+            if not due:
+                return actions
+            _, rank = min(due)
+            if rank == 0:
                 failed = self._knocks.expire_next(now)
                 if failed is None:
                     raise AssertionError("a due attempt deadline did not expire")
                 actions += self._failure_notice(failed)
-            elif grant_at is not None and grant_at <= now:
+            elif rank == 1:
+                changes = self._conns.expire_next(now)
+                if changes is None:
+                    raise AssertionError("a due login grace did not expire")
+                actions += self._after(changes, now)
+            else:
                 expired = self._grants.expire_next(now)
                 if expired is None:
                     raise AssertionError("a due grant deadline did not expire")
                 actions += expired
-            else:
-                return actions
 
 
-def _cause_first(effects: list[Action], cause: Notice) -> list[Action]:
-    """Order a step's actions: what to do to the world, then why (the cause), then the results."""
+def _address_order(source: IPAddress) -> tuple[int, int]:
+    return (source.version, int(source))
+
+
+def _cause_first(effects: list[Action], *causes: Notice) -> list[Action]:
+    """Order a step's actions: what to do to the world, then why (the causes), then the results."""
     return [
         *(a for a in effects if not isinstance(a, Notice)),
-        cause,
+        *causes,
         *(a for a in effects if isinstance(a, Notice)),
     ]

@@ -32,6 +32,7 @@ class GuardianHandle:
     proc: subprocess.Popen[bytes]
     config_path: Path
     log_path: Path
+    socket_path: Path
 
     @property
     def pid(self) -> int:
@@ -101,9 +102,13 @@ def start_guardian(
     config_path = lab.workdir / f"guardian-{host}-{serial}.toml"
     config_path.write_text(config_text)
     log_path = lab.workdir / f"guardian-{host}-{serial}.log"
+    # Each daemon gets its own control socket in the lab's directory: namespaces share the file
+    # system, so the default /run/guardian/control.sock would be fought over by parallel labs.
+    socket_path = lab.workdir / f"control-{host}.sock"
+    argv = guardian_argv(config_path, ("--socket", str(socket_path), *extra_args))
     with log_path.open("ab") as log:
-        proc = lab.popen(host, guardian_argv(config_path, extra_args), stdout=log, stderr=log)
-    handle = GuardianHandle(lab, host, proc, config_path, log_path)
+        proc = lab.popen(host, argv, stdout=log, stderr=log)
+    handle = GuardianHandle(lab, host, proc, config_path, log_path, socket_path)
     if not wait_ready:
         return handle
     deadline = time.monotonic() + ready_timeout

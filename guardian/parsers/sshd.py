@@ -1,0 +1,340 @@
+# sshd's multi-line rules, pure and stateful: messages of one sshd connection (one PID) in, what
+# they add up to out — failures to count, sessions opened and closed. It reads no clock: a line's
+# wall-clock time is data passed in, used only to age out forgotten connections.
+#
+# Theory of operation (per PID; spec/sshd-events.md §4 "Counting, as the field does it"):
+#   * Every line that names a host teaches the PID its address. A host-less failure ("Disconnecting:
+#     Too many authentication failures", "User U not allowed because account is locked", the
+#     aggressive table's kex lines) waits until the PID's address is known, then counts once.
+#   * Some attempts are *held*: "Failed publickey/none for VALIDUSER" (a client with several keys,
+#     and every client's first "none" probe) and PAM's "authentication failure" (its "Failed
+#     password" twin follows after the fail delay). Held attempts count only when the connection
+#     turns out hostile: MaxAuthTries is exhausted, or it used more than one user name. "Accepted
+#     for U" forgets them — unless the connection tried other users first ("failed as A, Accepted
+#     as B" still counts A's attempts, and the Accepted itself as one more).
+#   * A "Failed password" consumes the held PAM attempt of the same user: one attempt, one count.
+#   * A line that ends the connection (closed, reset, disconnected, Accepted) forgets the PID.
+#   * Each line yields at most one failure Detection; `attempts` says how many attempts it stands
+#     for (held and host-less ones released by this line included).
+# Memory is bounded: at most `max_connections` PIDs (least recently used go first), each at most
+# `max_age` seconds after its last line, a few users and held attempts each.
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Literal, TypeAlias
+
+from guardian.addresses import IPAddress
+from guardian.parsers.sshd_messages import Kind, Mode, SshdMessage, parse_message
+
+__all__ = [
+    "Detection",
+    "DetectionKind",
+    "Kind",
+    "Mode",
+    "SshdDetector",
+    "SshdMessage",
+    "parse_message",
+]
+
+DetectionKind: TypeAlias = Literal["failure", "success", "session_closed"]
+
+_MAX_USERS = 8
+_MAX_HELD = 32
+_MAX_PENDING = 32
+_PAM_HELD = "pam_unix_auth_failure"
+_PAM_SESSION_CLOSED = "pam_session_closed"
+_PASSWORD_RULES = frozenset({"failed_password", "failed_keyboard_interactive"})
+
+
+@dataclass(frozen=True, slots=True)
+class Detection:
+    """What the multi-line rules concluded from one line.
+
+    failure: `attempts` failed login attempts from `source` (None when sshd logged a host name,
+    then in `host_name`: never resolved, so never banned). success: "Accepted". session_closed:
+    an authenticated session ended (source/port from the line, or from its Accepted line)."""
+
+    kind: DetectionKind
+    rule: str
+    source: IPAddress | None
+    port: int | None
+    user: str | None
+    pid: int | None
+    wall_time: float | None
+    attempts: int = 1
+    host_name: str | None = None
+    method: str | None = None
+
+
+@dataclass(slots=True)
+class _Connection:
+    source: IPAddress | None = None
+    host_name: str | None = None
+    port: int | None = None
+    users: list[str] = field(default_factory=list)
+    held: list[tuple[str | None, bool]] = field(default_factory=list)  # (user, is PAM's line)
+    pending: int = 0
+    pending_rule: str = ""
+    pending_exhausted: bool = False
+    seen: float | None = None
+
+    @property
+    def has_address(self) -> bool:
+        return self.source is not None or self.host_name is not None
+
+
+@dataclass(frozen=True, slots=True)
+class _Session:
+    source: IPAddress | None
+    host_name: str | None
+    port: int | None
+    user: str | None
+
+
+class SshdDetector:
+    """Feed sshd messages per PID; get failures, successes and session ends back."""
+
+    def __init__(
+        self,
+        mode: Mode = "normal",
+        *,
+        max_connections: int = 4096,
+        max_age: float = 900.0,
+        max_sessions: int = 4096,
+    ) -> None:
+        self.mode: Mode = mode
+        self.max_connections = max_connections
+        self.max_age = max_age  # > LoginGraceTime (120 s default): pre-auth state is over by then
+        self.max_sessions = max_sessions
+        self._connections: OrderedDict[int, _Connection] = OrderedDict()
+        self._next_expiry = float("-inf")  # log time of the next age check (at most once a second)
+        self._sessions: OrderedDict[int, _Session] = OrderedDict()
+
+    @property
+    def tracked(self) -> int:
+        """How many PIDs' pre-authentication state is held (for tests and status)."""
+        return len(self._connections)
+
+    def feed(
+        self, pid: int | None, message: str, wall_time: float | None = None
+    ) -> list[Detection]:
+        """One sshd MESSAGE of process `pid` (None: no per-connection state, as for lines
+        without a PID)."""
+        parsed = parse_message(message, self.mode)
+        if parsed is None:
+            return []
+        return self.feed_message(pid, parsed, wall_time)
+
+    def feed_message(
+        self, pid: int | None, msg: SshdMessage, wall_time: float | None = None
+    ) -> list[Detection]:
+        """Like feed(), for a message already parsed (in this detector's mode)."""
+        kind = msg.kind
+        if kind == "not_failure":
+            return []
+        if wall_time is not None and wall_time >= self._next_expiry:
+            self._expire(wall_time)
+            self._next_expiry = wall_time + 1.0
+        if pid is None:
+            return self._stateless(msg, wall_time)
+        if kind == "success":
+            return self._accepted(pid, msg, wall_time)
+        if kind == "session_closed":
+            return self._session_closed(pid, msg, wall_time)
+        return self._preauth(pid, msg, kind, wall_time)
+
+    # ---- the rules --------------------------------------------------------------------------
+
+    def _preauth(
+        self, pid: int, msg: SshdMessage, kind: Kind, wall_time: float | None
+    ) -> list[Detection]:
+        conn = self._connections.get(pid)
+        if conn is None:
+            if kind == "helper" and msg.closes and not msg.held:
+                return []  # the end of a connection we know nothing about: nothing to resolve
+            conn = self._track(pid)
+        else:
+            self._connections.move_to_end(pid)
+        conn.seen = wall_time
+        if msg.source is not None or msg.host_name is not None:
+            conn.source, conn.host_name = msg.source, msg.host_name
+            if msg.port is not None:
+                conn.port = msg.port
+        user = msg.user
+        if user is not None and user not in conn.users and len(conn.users) < _MAX_USERS:
+            conn.users.append(user)
+
+        attempts = 0
+        rule = msg.rule
+        release = msg.exhausted
+        if kind == "failure":
+            attempts = 1
+            if rule in _PASSWORD_RULES:
+                _consume_pam(conn, user)
+        elif kind == "hostless_failure":
+            conn.pending = min(conn.pending + 1, _MAX_PENDING)
+            conn.pending_rule = rule
+            conn.pending_exhausted |= msg.exhausted
+            release = False
+        elif msg.held and len(conn.held) < _MAX_HELD:
+            conn.held.append((user, rule == _PAM_HELD))
+
+        if conn.has_address:
+            if conn.pending:
+                if not attempts:
+                    rule = conn.pending_rule  # the failure is the host-less line's
+                attempts += conn.pending
+                release |= conn.pending_exhausted
+                conn.pending, conn.pending_exhausted = 0, False
+            if conn.held and (release or len(conn.users) > 1):
+                if not attempts:
+                    rule = "several_users"
+                attempts += len(conn.held)
+                conn.held.clear()
+
+        out: list[Detection] = []
+        if attempts:
+            out.append(self._failure(pid, msg, conn, attempts, rule, wall_time))
+        if msg.closes:
+            del self._connections[pid]
+        return out
+
+    def _accepted(self, pid: int, msg: SshdMessage, wall_time: float | None) -> list[Detection]:
+        out: list[Detection] = []
+        conn = self._connections.pop(pid, None)
+        if conn is not None:
+            attempts = conn.pending  # host-less failures before: the address is known now
+            if any(u != msg.user for u in conn.users):
+                # Failed as one user, Accepted as another: the earlier attempts stand.
+                attempts += len(conn.held) + 1
+            if attempts:
+                out.append(
+                    self._failure(pid, msg, conn, attempts, "accepted_other_user", wall_time)
+                )
+        out.append(
+            Detection(
+                "success",
+                msg.rule,
+                msg.source,
+                msg.port,
+                msg.user,
+                pid,
+                wall_time,
+                host_name=msg.host_name,
+                method=msg.method,
+            )
+        )
+        self._sessions[pid] = _Session(msg.source, msg.host_name, msg.port, msg.user)
+        self._sessions.move_to_end(pid)
+        while len(self._sessions) > self.max_sessions:
+            self._sessions.popitem(last=False)
+        return out
+
+    def _session_closed(
+        self, pid: int, msg: SshdMessage, wall_time: float | None
+    ) -> list[Detection]:
+        self._connections.pop(pid, None)
+        # With PAM, "session closed" is the session's last line (after "Received disconnect" and
+        # "Disconnected from user"); without it the entry stays until newer sessions push it out.
+        if msg.rule == _PAM_SESSION_CLOSED:
+            session = self._sessions.pop(pid, None)
+        else:
+            session = self._sessions.get(pid)
+        source, host_name, port, user = msg.source, msg.host_name, msg.port, msg.user
+        if source is None and host_name is None and session is not None:
+            source, host_name, port = session.source, session.host_name, session.port
+        if user is None and session is not None:
+            user = session.user
+        return [
+            Detection(
+                "session_closed", msg.rule, source, port, user, pid, wall_time, host_name=host_name
+            )
+        ]
+
+    def _stateless(self, msg: SshdMessage, wall_time: float | None) -> list[Detection]:
+        if msg.kind == "failure":
+            return [
+                Detection(
+                    "failure",
+                    msg.rule,
+                    msg.source,
+                    msg.port,
+                    msg.user,
+                    None,
+                    wall_time,
+                    host_name=msg.host_name,
+                    method=msg.method,
+                )
+            ]
+        if msg.kind in ("success", "session_closed"):
+            kind: DetectionKind = "success" if msg.kind == "success" else "session_closed"
+            return [
+                Detection(
+                    kind,
+                    msg.rule,
+                    msg.source,
+                    msg.port,
+                    msg.user,
+                    None,
+                    wall_time,
+                    host_name=msg.host_name,
+                    method=msg.method,
+                )
+            ]
+        return []
+
+    # ---- bookkeeping ------------------------------------------------------------------------
+
+    def _failure(
+        self,
+        pid: int,
+        msg: SshdMessage,
+        conn: _Connection,
+        attempts: int,
+        rule: str,
+        wall_time: float | None,
+    ) -> Detection:
+        if msg.source is not None or msg.host_name is not None:
+            source, host_name, port = msg.source, msg.host_name, msg.port
+        else:
+            source, host_name, port = conn.source, conn.host_name, conn.port
+        user = msg.user if msg.user is not None else (conn.users[-1] if conn.users else None)
+        return Detection(
+            "failure",
+            rule,
+            source,
+            port,
+            user,
+            pid,
+            wall_time,
+            attempts=attempts,
+            host_name=host_name,
+            method=msg.method,
+        )
+
+    def _track(self, pid: int) -> _Connection:
+        conn = _Connection()
+        self._connections[pid] = conn
+        while len(self._connections) > self.max_connections:
+            self._connections.popitem(last=False)
+        return conn
+
+    def _expire(self, now: float) -> None:
+        # Least recently used first, so the oldest lines are at the front.
+        horizon = now - self.max_age
+        connections = self._connections
+        while connections:
+            pid, conn = next(iter(connections.items()))
+            if conn.seen is None or conn.seen >= horizon:
+                return
+            del connections[pid]
+
+
+def _consume_pam(conn: _Connection, user: str | None) -> None:
+    """A "Failed password for U" is the same attempt as a held PAM failure of U (or of an
+    unknown user: pam_unix names no user it cannot find)."""
+    for i, (held_user, is_pam) in enumerate(conn.held):
+        if is_pam and (held_user is None or held_user == user):
+            del conn.held[i]
+            return

@@ -1,0 +1,201 @@
+# One auth.log line, pure: text -> SyslogRecord(time, host, identifier, pid, message) for sshd's
+# lines (identifiers `sshd` and `sshd-session`), None for every other line. No clock is read: a
+# traditional timestamp has no year and no zone, so the caller passes `reference` (its idea of
+# "now", an aware datetime in the log's zone) and the year and zone come from there.
+#
+# Formats: RFC 3339 (Debian 12's rsyslog: `2025-03-01T00:00:00.048394+00:00 host sshd[PID]: msg`),
+# traditional (`Mar  1 00:00:00 host sshd[PID]: msg`, also without host and the `[sshd]:` forms
+# older syslogds wrote) and RFC 5424 (`<38>1 2019-07-08T17:40:16.9-04:00 host sshd 57915 - - msg`).
+#
+# Speed: a line that does not mention "sshd" costs one substring search; timestamps are converted
+# through small memo dicts (bounded), since thousands of lines share each second.
+from __future__ import annotations
+
+import re
+from datetime import datetime, timedelta, tzinfo
+from typing import NamedTuple
+
+IDENTIFIERS = ("sshd", "sshd-session")
+
+# After the timestamp: "[host ]ident[PID]: msg", "[host ]ident: msg", "[ident]: msg", "[ident] msg".
+_TAIL = r"(?:(?P<host>\S+) )?\[?(?P<ident>sshd(?:-session)?)\]?(?:\[(?P<pid>\d+)\])?:? (?P<msg>.*)"
+_TRADITIONAL = re.compile(
+    r"(?P<mon>[A-Z][a-z]{2}) +(?P<day>\d{1,2}) (?P<hms>\d\d:\d\d:\d\d)(?P<frac>\.\d+)? " + _TAIL,
+    re.S,
+)
+_RFC3339 = re.compile(
+    r"(?P<sec>\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d)(?P<frac>\.\d+)?(?P<zone>Z|z|[+-]\d\d:?\d\d)? "
+    + _TAIL,
+    re.S,
+)
+# RFC 5424: <PRI>1 TIMESTAMP HOST APP PROCID MSGID SD MSG; SD is "-" or [..][..], values quoted
+# (a quoted value may hold "]").
+_RFC5424 = re.compile(
+    r"<\d{1,3}>1 (?P<ts>\S+) (?P<host>\S+) (?P<ident>sshd(?:-session)?) (?P<pid>\d+|-) \S+ "
+    r'(?:-|(?:\[(?:[^\]"\\]|"(?:[^"\\]|\\.)*")*\])+)(?: (?P<msg>.*))?',
+    re.S,
+)
+_STAMP = re.compile(
+    r"(?P<sec>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?P<frac>\.\d+)?(?P<zone>Z|z|[+-]\d\d:\d\d)"
+)
+_MONTHS = {
+    name: number
+    for number, name in enumerate(
+        ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"), 1
+    )
+}
+_FUTURE_SLACK = timedelta(days=1)  # clocks disagree a little; a date further ahead is last year's
+
+
+class SyslogRecord(NamedTuple):
+    """An sshd line of a syslog file. `time` is wall-clock seconds since the epoch (None when
+    the line's timestamp cannot be placed: a traditional line without a reference)."""
+
+    time: float | None
+    host: str | None
+    identifier: str
+    pid: int | None
+    message: str
+
+
+def parse_syslog_line(line: str, *, reference: datetime | None = None) -> SyslogRecord | None:
+    """Parse one line (a trailing newline is ignored); None unless sshd or sshd-session wrote it.
+
+    reference: an aware datetime, "now" in the zone the log is written in (use a ZoneInfo zone,
+    not a fixed offset, so daylight saving is right); needed only for traditional timestamps."""
+    if "sshd" not in line:
+        return None
+    if line[-1:] == "\n":
+        line = line[:-1]
+    first = line[:1]
+    if first.isdigit():
+        fast = _rsyslog_fast(line)
+        if fast is not None:
+            return fast
+        m = _RFC3339.match(line)
+        if m is None:
+            return None
+        when = _rfc3339_time(m["sec"], m["frac"], m["zone"])
+    elif first == "<":
+        return _rfc5424(line)
+    else:
+        m = _TRADITIONAL.match(line)
+        if m is None:
+            return None
+        when = _traditional_time(m, reference)
+    pid = m["pid"]
+    return SyslogRecord(when, m["host"], m["ident"], int(pid) if pid else None, m["msg"])
+
+
+_IDENTIFIER_SET = frozenset(IDENTIFIERS)
+
+
+def _rsyslog_fast(line: str) -> SyslogRecord | None:
+    """Debian's rsyslog line, "STAMP HOST IDENT[PID]: MSG", split without a regex (None: use
+    the general path)."""
+    stamp, _, rest = line.partition(" ")
+    host, _, rest = rest.partition(" ")
+    tag, _, msg = rest.partition(" ")
+    if tag[-2:] != "]:":
+        return None
+    ident, _, pid = tag[:-2].partition("[")
+    if ident not in _IDENTIFIER_SET or not (pid.isdigit() and pid.isascii()):
+        return None
+    if stamp[-1:] in ("Z", "z"):
+        zone, frac = "Z", stamp[19:-1]
+    elif stamp[-6:-5] in ("+", "-") and stamp[-3:-2] == ":":
+        zone, frac = stamp[-6:], stamp[19:-6]
+    else:
+        return None
+    if frac and not (frac[0] == "." and frac[1:].isdigit() and frac.isascii()):
+        return None
+    return SyslogRecord(_rfc3339_time(stamp[:19], frac or None, zone), host, ident, int(pid), msg)
+
+
+def _rfc5424(line: str) -> SyslogRecord | None:
+    m = _RFC5424.match(line)
+    if m is None:
+        return None
+    pid = m["pid"]
+    msg = m["msg"] or ""
+    if msg.startswith("\ufeff"):  # RFC 5424 marks UTF-8 messages with a BOM
+        msg = msg[1:]
+    return SyslogRecord(
+        _rfc3339_stamp(m["ts"]), m["host"], m["ident"], int(pid) if pid != "-" else None, msg
+    )
+
+
+# Timestamps repeat: thousands of lines share each second. Conversions are memoised per second
+# (a bounded dict, emptied when full); the fraction is added back.
+_CACHE_LIMIT = 4096
+_rfc3339_cache: dict[tuple[str, str | None], float | None] = {}
+
+
+def _rfc3339_time(seconds: str, frac: str | None, zone: str | None) -> float | None:
+    key = (seconds, zone)
+    base = _rfc3339_cache.get(key)
+    if base is None and key not in _rfc3339_cache:
+        if len(_rfc3339_cache) >= _CACHE_LIMIT:
+            _rfc3339_cache.clear()
+        base = _rfc3339_cache[key] = _rfc3339_seconds(seconds, zone)
+    if base is None or frac is None:
+        return base
+    return base + float(frac)
+
+
+def _rfc3339_seconds(seconds: str, zone: str | None) -> float | None:
+    if zone is None:
+        return None  # no zone: cannot be placed
+    try:
+        return datetime.fromisoformat(seconds + ("+00:00" if zone in "Zz" else zone)).timestamp()
+    except ValueError:
+        return None
+
+
+def _rfc3339_stamp(stamp: str) -> float | None:
+    m = _STAMP.fullmatch(stamp)
+    if m is None:
+        return None
+    return _rfc3339_time(m["sec"], m["frac"], m["zone"])
+
+
+_traditional_cache: dict[tuple[str, str, str, datetime], float | None] = {}
+
+
+def _traditional_time(m: re.Match[str], reference: datetime | None) -> float | None:
+    if reference is None or reference.tzinfo is None:
+        return None
+    key = (m["mon"], m["day"], m["hms"], reference)
+    seconds = _traditional_cache.get(key)
+    if seconds is None and key not in _traditional_cache:
+        if len(_traditional_cache) >= _CACHE_LIMIT:
+            _traditional_cache.clear()
+        seconds = _traditional_cache[key] = _traditional_seconds(*key)
+    frac = m["frac"]
+    if seconds is None or not frac:
+        return seconds
+    return seconds + float(frac)
+
+
+def _traditional_seconds(mon: str, day: str, hms: str, reference: datetime) -> float | None:
+    """The year is the reference's, or the one before when that would put the line more than a
+    day after the reference (December's lines read in January)."""
+    month = _MONTHS.get(mon)
+    zone = reference.tzinfo
+    if month is None or zone is None:
+        return None
+    seconds = _local_seconds(reference.year, month, int(day), hms, zone)
+    if seconds is not None and seconds > reference.timestamp() + _FUTURE_SLACK.total_seconds():
+        seconds = _local_seconds(reference.year - 1, month, int(day), hms, zone)
+    return seconds
+
+
+def _local_seconds(year: int, month: int, day: int, hms: str, zone: tzinfo) -> float | None:
+    try:
+        hour, minute, second = int(hms[0:2]), int(hms[3:5]), int(hms[6:8])
+        return datetime(year, month, day, hour, minute, second, tzinfo=zone).timestamp()
+    except ValueError:  # Feb 29 in a common year, hour 24, ...
+        return None
+
+
+__all__ = ["IDENTIFIERS", "SyslogRecord", "parse_syslog_line"]
