@@ -854,3 +854,57 @@ def test_operator_durations_that_are_not_finite_are_refused() -> None:
         assert e.feed(GrantRequested(A, duration), 1.0) == []
     assert e.snapshot(1.0).counters["unexpected_events"] == 3
     assert e.snapshot(1.0).grants == ()
+
+
+# ---- races between conntrack (sub-millisecond) and the journal (tens of milliseconds) --------
+# A short login (`ssh host true`) can be over before its "Accepted" line is read. Whatever order
+# the four facts arrive in, the grant must linger from the last of them and then close: never
+# stay in session on a journal-only record nothing will close, never wait out the whole window.
+
+_OPEN = ConnectionOpened(A, 50000, SSH)
+_ACCEPTED = SessionOpened(A, 50000, "alice", 4242)
+_CLOSED = ConnectionClosed(A, 50000, SSH)
+_DISCONNECTED = SessionClosed(A, 50000, "alice", 4242)
+
+
+@pytest.mark.parametrize(
+    "order",
+    [
+        pytest.param((_OPEN, _ACCEPTED, _CLOSED, _DISCONNECTED), id="in-order"),
+        pytest.param((_OPEN, _CLOSED, _ACCEPTED, _DISCONNECTED), id="closed-before-accepted"),
+        pytest.param((_OPEN, _CLOSED, _ACCEPTED), id="closed-before-accepted-no-disconnect"),
+        pytest.param((_ACCEPTED, _OPEN, _DISCONNECTED, _CLOSED), id="journal-first"),
+    ],
+)
+def test_a_short_login_lingers_from_its_end_whatever_the_order(order: tuple[object, ...]) -> None:
+    engine = Engine(config())
+    engine.feed(SignalsChanged(BOTH, auth=True), 0.0)
+    for port in (7000, 8000, 9000):
+        engine.feed(KnockSeen(A, port, "tcp", SYN), 0.0)
+    at = 1.0
+    for event in order:
+        engine.feed(event, at)  # type: ignore[arg-type]
+        at += 0.05
+    last = at - 0.05
+    (grant,) = engine.snapshot(last).grants
+    assert grant.state is GrantState.LINGER
+    assert engine.get_timer() == pytest.approx(last + LINGER, abs=0.06)
+    assert engine.handle_timer(last + LINGER + 0.06) == [
+        RevokeGrant(A, "sessions ended"),
+        Notice("grant_closed", A, "ssh", "sessions ended"),
+    ]
+
+
+def test_accepted_long_after_an_unauthenticated_close_is_not_joined_to_it() -> None:
+    """The memory of unauthenticated closes is short: an Accepted for the same peer much later
+    is a new journal-only session (the listing that follows confirms or closes it)."""
+    engine = Engine(config())
+    engine.feed(SignalsChanged(BOTH, auth=True), 0.0)
+    for port in (7000, 8000, 9000):
+        engine.feed(KnockSeen(A, port, "tcp", SYN), 0.0)
+    engine.feed(_OPEN, 1.0)
+    engine.feed(_CLOSED, 1.1)
+    engine.feed(_ACCEPTED, 25.0)
+    (grant,) = engine.snapshot(25.0).grants
+    assert grant.state is GrantState.IN_SESSION
+    assert engine.snapshot(25.0).counters["sessions_accepted_after_close"] == 0

@@ -74,6 +74,7 @@ COUNTER_NAMES: tuple[str, ...] = (
     "sessions_opened",  # connections that became sessions (Accepted, or assumed)
     "sessions_closed",  # sessions ended (evictions included)
     "sessions_duplicate",  # an "Accepted" for a connection that had one already
+    "sessions_accepted_after_close",  # an "Accepted" read after its connection had closed
     "unauthenticated_expired",  # connections whose login grace passed without an "Accepted"
     "signals_changed",  # SignalsChanged handled
     "unexpected_events",  # events that made no sense in the current state (counted, not raised)
@@ -238,7 +239,7 @@ class Engine:
             changes = self._conns.opened(event.source, event.sport, event.dport, event.origin, now)
             return self._after(changes, now)
         if isinstance(event, ConnectionClosed):
-            return self._after(self._conns.closed(event.source, event.sport, event.dport), now)
+            return self._after(self._conns.closed(event.source, event.sport, event.dport, now), now)
         changes = self._conns.listed(event.connections, event.origin, now)
         adopt = {normalize(s) for s, _, _ in event.connections} if event.initial else set()
         return self._after(changes, now, adopt)
@@ -267,8 +268,9 @@ class Engine:
             if source not in self._grants and not self._trusted(source):
                 effects += self._grants.adopt_live(source, now)
         touched = {change.connection.source for change in changes}
+        ended = {c.connection.source for c in changes if c.kind is ChangeKind.SESSION_CLOSED}
         for source in sorted(touched, key=_address_order):
-            effects += self._grants.settle(source, now)
+            effects += self._grants.settle(source, now, session_ended=source in ended)
         causes: list[Notice] = []
         for change in changes:
             source = change.connection.source

@@ -300,12 +300,18 @@ class GrantTable:
 
     # -- triggers derived from the connections and the clock -----------------------------------
 
-    def settle(self, source: IPAddress, now: float) -> list[Action]:
-        """The source's connections changed: SESSION_UP, SESSION_DOWN or PENDING, as they say."""
+    def settle(self, source: IPAddress, now: float, *, session_ended: bool = False) -> list[Action]:
+        """The source's connections changed: SESSION_UP, SESSION_DOWN or PENDING, as they say.
+
+        session_ended: a session of this source ended in this very step. A grant still in WINDOW
+        then saw a whole session come and go at once (a short login whose Accepted line was read
+        after its connection closed): SESSION_UP then SESSION_DOWN, so it lingers from now."""
         grant = self._grants.get(source)
         if grant is None:
             return []
         tally = self._tally(source)
+        if session_ended and tally.sessions == 0 and grant.state is GrantState.WINDOW:
+            return self._session_up(grant, now) + self._session_down(grant, now)
         if tally.sessions > 0:
             if grant.state is GrantState.IN_SESSION:
                 self._transition(grant, Trigger.SESSION_UP)

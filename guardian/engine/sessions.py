@@ -46,6 +46,13 @@ from guardian.events import ConnectionId
 JOURNAL_ORIGIN = "journal"  # origin recorded for a connection first known from an "Accepted" line
 UNKNOWN_DPORT = 0  # dport of a journal-only connection (the journal does not say the local port)
 EVICTION_SCAN = 64  # oldest records looked at for one whose source has no grant, per eviction
+# conntrack reports a close in well under a millisecond, the journal's "Accepted" line can take
+# tens of milliseconds: a short login (`ssh host true`) may be closed before its Accepted is read.
+# A connection closed while still unauthenticated is remembered this long (and at most
+# RECENT_CLOSES of them), so its late Accepted counts as a session that has already ended
+# instead of creating a journal-only record that nothing would ever close.
+RECENT_CLOSE_WINDOW = 10.0
+RECENT_CLOSES = 4096
 
 Peer = tuple[IPAddress, int]  # (source, sport): what the journal names
 
@@ -165,6 +172,7 @@ class ConnectionTable:
         self._sessions: Counter[IPAddress] = Counter()
         self._pending: dict[IPAddress, dict[ConnectionId, float]] = {}
         self._graces: DeadlineQueue[ConnectionId] = DeadlineQueue()
+        self._recent_closes: OrderedDict[Peer, float] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._conns)
@@ -195,7 +203,9 @@ class ConnectionTable:
             return []
         return self._confirm(key, origin, now)
 
-    def closed(self, source: IPAddress, sport: int, dport: int) -> list[Change]:
+    def closed(
+        self, source: IPAddress, sport: int, dport: int, now: float | None = None
+    ) -> list[Change]:
         """A watcher reports the connection closing or gone: whoever reported it, it ends."""
         source = normalize(source)
         conn = self._conns.get((source, sport, dport)) or self._conns.get(
@@ -205,7 +215,17 @@ class ConnectionTable:
             # Usual when another watcher (or the journal) closed it first: counted, not told.
             self._counters["closes_unknown"] += 1
             return []
+        self._note_unauthenticated_close(conn, now)
         return self._remove(conn)
+
+    def _note_unauthenticated_close(self, conn: Connection, now: float | None) -> None:
+        if now is None or conn.is_session:
+            return
+        peer = (conn.source, conn.sport)
+        self._recent_closes[peer] = now
+        self._recent_closes.move_to_end(peer)
+        while len(self._recent_closes) > RECENT_CLOSES:
+            self._recent_closes.popitem(last=False)
 
     def listed(self, connections: Iterable[ConnectionId], origin: str, now: float) -> list[Change]:
         """A full listing from `origin`: see the header for what it closes and confirms."""
@@ -217,6 +237,7 @@ class ConnectionTable:
             if key in listed:
                 continue
             if origin in conn.seen_by:
+                self._note_unauthenticated_close(conn, now)
                 changes += self._remove(conn, f"gone from the {origin} listing")
             elif not conn.seen_by:
                 unknown_port = conn.dport == UNKNOWN_DPORT
@@ -244,6 +265,12 @@ class ConnectionTable:
                 source, sport, UNKNOWN_DPORT, now, now, AuthState.ACCEPTED, JOURNAL_ORIGIN
             )
             conn.user, conn.pid = user, pid
+            closed_at = self._recent_closes.pop((source, sport), None)
+            if closed_at is not None and now - closed_at <= RECENT_CLOSE_WINDOW:
+                # Its connection already closed (the Accepted line was read late): a session
+                # that has opened and ended, so a grant lingers from now rather than waiting.
+                self._counters["sessions_accepted_after_close"] += 1
+                return self._add(conn) + self._remove(conn, "closed before its Accepted was read")
             return self._add(conn)
         changes: list[Change] = []
         for dport in sorted(dports):
