@@ -31,6 +31,7 @@ from guardian.actions import Action, Notice
 from guardian.addresses import parse_address
 from guardian.config import (
     DEFAULT_CONTROL_SOCKET,
+    JOURNAL_MUTE,
     SESSION_HISTORY,
     SOCKETS_FALLBACK_INTERVAL,
     SOCKETS_RECONCILE_INTERVAL,
@@ -138,6 +139,7 @@ class Daemon:
         self._knock: KnockWatcher | None = None
         self._conntrack: ConntrackWatcher | None = None
         self._journal: JournalWatcher | None = None
+        self._journal_muted_until: float | None = None
         self._sshd_log = SshdLogAdapter()
         self._sockets = SocketTableWatcher(self.config.guard.ports, SOCKETS_RECONCILE_INTERVAL)
         self._next_socket_poll = 0.0
@@ -287,6 +289,7 @@ class Daemon:
         deadlines = [self.engine.get_timer(), self._next_socket_poll]
         if self._journal is not None:
             deadlines.append(self._journal.next_poll(now))
+            deadlines.append(self._journal_muted_until)
         present = [d for d in deadlines if d is not None]
         return min(present) if present else None
 
@@ -317,7 +320,10 @@ class Daemon:
             if listing is not None:
                 self.queue([listing])
             self._next_socket_poll = now + self._socket_interval()
-        if self._journal is not None and not journal_read:
+        if self._journal_muted_until is not None and now >= self._journal_muted_until:
+            self._unmute_journal()
+            self._read_journal(now)
+        elif self._journal is not None and not journal_read:
             due = self._journal.next_poll(now)
             if due is not None and due <= now:
                 self._read_journal(now)
@@ -357,8 +363,8 @@ class Daemon:
             self._count_watcher_error("knock", exc)
             return
         self.queue(events)
-        if events and self._journal is not None:
-            self._journal.note_activity(self.clock())
+        if events:
+            self._journal_activity()
 
     def _on_conntrack_readable(self, _mask: int) -> None:
         if self._conntrack is None:
@@ -369,24 +375,42 @@ class Daemon:
             self._count_watcher_error("conntrack", exc)
             return
         self.queue(events)
-        if self._journal is not None and any(
-            isinstance(e, ConnectionOpened | ConnectionClosed) for e in events
-        ):
+        if any(isinstance(e, ConnectionOpened | ConnectionClosed) for e in events):
             # A connection came or went: sshd's Accepted/Disconnected line follows shortly.
-            self._journal.note_activity(self.clock())
+            self._journal_activity()
 
-    def _on_journal_readable(self, _mask: int) -> None:
-        self._read_journal(self.clock())
-
-    def _read_journal(self, now: float) -> None:
+    def _journal_activity(self) -> None:
+        """Something sshd will log about is happening: read the journal fast for a while."""
         if self._journal is None:
             return
+        self._unmute_journal()
+        self._journal.note_activity(self.clock())
+
+    def _on_journal_readable(self, _mask: int) -> None:
+        now = self.clock()
+        if not self._read_journal(now) and self._journal is not None:
+            # The journal's fd wakes on every write by anyone; a wake-up with no sshd line in it
+            # mutes the fd for a moment, so a chatty journal cannot keep an idle daemon busy.
+            # Connection activity unmutes it at once, and the timer reads it when the mute ends.
+            self._selector.unregister(self._journal)
+            self._journal_muted_until = now + JOURNAL_MUTE
+
+    def _unmute_journal(self) -> None:
+        if self._journal is not None and self._journal_muted_until is not None:
+            self._selector.register(self._journal, selectors.EVENT_READ, self._on_journal_readable)
+        self._journal_muted_until = None
+
+    def _read_journal(self, now: float) -> bool:
+        """Read what the journal has; True when it held sshd lines."""
+        if self._journal is None:
+            return False
         try:
             records = self._journal.read_records(now=now)
         except WatcherError as exc:
             self._count_watcher_error("journal", exc)
-            return
+            return False
         self.queue(self._sshd_log.events(records))
+        return bool(records)
 
     def _on_wakeup_readable(self, _mask: int) -> None:
         try:

@@ -108,6 +108,7 @@ class SshdDetector:
         self.max_age = max_age  # > LoginGraceTime (120 s default): pre-auth state is over by then
         self.max_sessions = max_sessions
         self._connections: OrderedDict[int, _Connection] = OrderedDict()
+        self._latest: float | None = None  # the latest wall time fed
         self._next_expiry = float("-inf")  # log time of the next age check (at most once a second)
         self._sessions: OrderedDict[int, _Session] = OrderedDict()
 
@@ -133,9 +134,11 @@ class SshdDetector:
         kind = msg.kind
         if kind == "not_failure":
             return []
-        if wall_time is not None and wall_time >= self._next_expiry:
-            self._expire(wall_time)
-            self._next_expiry = wall_time + 1.0
+        if wall_time is not None:
+            self._latest = wall_time
+            if wall_time >= self._next_expiry:
+                self._expire(wall_time)
+                self._next_expiry = wall_time + 1.0
         if pid is None:
             return self._stateless(msg, wall_time)
         if kind == "success":
@@ -156,7 +159,7 @@ class SshdDetector:
             conn = self._track(pid)
         else:
             self._connections.move_to_end(pid)
-        conn.seen = wall_time
+        conn.seen = self._latest  # a line without a time counts as seen at the latest time known
         if msg.source is not None or msg.host_name is not None:
             conn.source, conn.host_name = msg.source, msg.host_name
             if msg.port is not None:

@@ -157,7 +157,7 @@ def _cid(text: str) -> _Cid | None:
         if not space:
             return _Cid(head, port, None, None)
         for preamble in _PREAMBLES:
-            if before.startswith(preamble) or before + " " == preamble:
+            if before.startswith(preamble):
                 return _Cid(host, port, preamble[:-1], before[len(preamble) :])
     if text[:1] in "aiu":
         m = _CID_USER.fullmatch(text)
@@ -807,5 +807,20 @@ def parse_message(message: str, mode: Mode = "normal") -> SshdMessage | None:
         noise = _NOISE.match(text)
         if noise is None:
             return None
-        return parse_message(text[noise.end() :] + (_PREAUTH if preauth else ""), mode)
+        return _parse_after_noise(text[noise.end() :], preauth, mode == "aggressive")
     return handler(rest, mode == "aggressive", preauth)
+
+
+def _parse_after_noise(text: str, preauth: bool, aggressive: bool) -> SshdMessage | None:
+    """The cold path: the text after a syslog daemon's noise, prefixes stripped once more."""
+    if text.startswith(("error: ", "fatal: ")):
+        text = text[7:]
+    if text.startswith("PAM: "):
+        text = text[5:]
+    head, _, rest = text.partition(" ")
+    handler = _DISPATCH.get(head)
+    if handler is not None:
+        return handler(rest, aggressive, preauth)
+    if head.startswith("pam_"):
+        return _pam(head, rest, aggressive, preauth)
+    return None

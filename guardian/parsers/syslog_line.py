@@ -1,7 +1,7 @@
-# One auth.log line, pure: text -> SyslogRecord(time, host, identifier, pid, message) for sshd's
-# lines (identifiers `sshd` and `sshd-session`), None for every other line. No clock is read: a
-# traditional timestamp has no year and no zone, so the caller passes `reference` (its idea of
-# "now", an aware datetime in the log's zone) and the year and zone come from there.
+# One auth.log line, pure: text -> SyslogRecord(wall_time, host, identifier, pid, message) for
+# sshd's lines (identifiers `sshd` and `sshd-session`), None for every other line. No clock is
+# read: a traditional timestamp has no year and no zone, so the caller passes `reference` (its
+# idea of "now", an aware datetime in the log's zone) and the year and zone come from there.
 #
 # Formats: RFC 3339 (Debian 12's rsyslog: `2025-03-01T00:00:00.048394+00:00 host sshd[PID]: msg`),
 # traditional (`Mar  1 00:00:00 host sshd[PID]: msg`, also without host and the `[sshd]:` forms
@@ -48,10 +48,10 @@ _FUTURE_SLACK = timedelta(days=1)  # clocks disagree a little; a date further ah
 
 
 class SyslogRecord(NamedTuple):
-    """An sshd line of a syslog file. `time` is wall-clock seconds since the epoch (None when
+    """An sshd line of a syslog file. `wall_time` is seconds since the epoch (None when
     the line's timestamp cannot be placed: a traditional line without a reference)."""
 
-    time: float | None
+    wall_time: float | None
     host: str | None
     identifier: str
     pid: int | None
@@ -100,6 +100,8 @@ def _rsyslog_fast(line: str) -> SyslogRecord | None:
         return None
     ident, _, pid = tag[:-2].partition("[")
     if ident not in _IDENTIFIER_SET or not (pid.isdigit() and pid.isascii()):
+        return None
+    if len(stamp) < 20 or stamp[4] != "-" or stamp[10] not in ("T", " "):
         return None
     if stamp[-1:] in ("Z", "z"):
         zone, frac = "Z", stamp[19:-1]
