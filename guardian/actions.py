@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TypeAlias
 
-from guardian.addresses import IPAddress
+from guardian.addresses import IPAddress, IPNetwork
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +35,34 @@ class RevokeGrant:
 
 
 @dataclass(frozen=True, slots=True)
+class Ban:
+    """Drop everything from `network` (a /32, /128, or the configured IPv6 prefix) for `timeout`
+    seconds (kernel timeout; None = permanent). `offence` is the how-many-th ban this is."""
+
+    network: IPNetwork
+    timeout: float | None
+    reason: str
+    offence: int
+
+
+@dataclass(frozen=True, slots=True)
+class Unban:
+    """Lift the ban on `network` now (idempotent)."""
+
+    network: IPNetwork
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class RecordOffence:
+    """Persist a source's offence history (the state store executes this; survives restarts)."""
+
+    network: IPNetwork
+    offences: int
+    last_ban_wall: float
+
+
+@dataclass(frozen=True, slots=True)
 class Notice:
     """Something worth telling the operator (log line, event stream). Changes nothing.
 
@@ -47,4 +75,4 @@ class Notice:
     detail: str = ""
 
 
-Action: TypeAlias = OpenGrant | RefreshGrant | RevokeGrant | Notice
+Action: TypeAlias = OpenGrant | RefreshGrant | RevokeGrant | Ban | Unban | RecordOffence | Notice

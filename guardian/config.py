@@ -39,6 +39,28 @@ SOCKETS_FALLBACK_INTERVAL = 2.0
 JOURNAL_MUTE = 1.0
 # How far back the journal is searched at start-up for the "Accepted" lines of live sessions.
 SESSION_HISTORY = 7 * 86400.0
+# Bans ([ban]; engine/bans.py): sshd's failures -> escalating bans the kernel times out.
+DEFAULT_BAN_ENABLED = True
+BAN_SOURCES: tuple[str, ...] = ("journal", "btmp", "authlog")  # every failure source known
+DEFAULT_BAN_SOURCES = BAN_SOURCES  # whichever of them exist on the host
+DEFAULT_BAN_MODE: Literal["normal", "aggressive"] = "normal"
+DEFAULT_MAXRETRY = 5  # distinct failed attempts within findtime that earn a ban
+DEFAULT_FINDTIME = 600.0
+DEFAULT_BANTIME = 600.0  # the first ban; each repeat offence multiplies it by factor
+DEFAULT_BAN_FACTOR = 2.0
+DEFAULT_MAXTIME = 604800.0  # escalation stops here (1 week)
+DEFAULT_JITTER = 0.0  # a random extra up to this long, against bots that time the unban
+DEFAULT_IPV6_PREFIX = 64  # IPv6 sources are counted and banned by this prefix
+MIN_IPV6_PREFIX = 32  # shorter prefixes would ban whole providers: refused as a likely typo
+DEFAULT_BAN_SCOPE: Literal["all", "guarded"] = "all"  # drop banned sources on every port
+MAX_BAN_TIME = 365 * 86400.0  # nft refuses element timeouts much beyond a year
+# Memory bounds of the ban engine (LRU; evictions are counted).
+MAX_FAILURE_SOURCES = 65536  # sources (or IPv6 prefixes) with failures being counted
+MAX_FAILURE_JOINS = 16384  # (source, sshd PID) keys remembered to join journal/btmp/auth.log
+FAILURE_JOIN_WINDOW = 2.0  # seconds between two origins' reports of one attempt (btmp: 1 s steps)
+MAX_OFFENCES = 100_000  # offence histories kept; the oldest last ban is forgotten first
+OFFENCE_MEMORY = 30 * 86400.0  # an offence history is forgotten this long after its last ban
+DEFAULT_STATE_PATH = "/var/lib/guardian/state.db"  # offences and watcher positions (sqlite)
 
 FLAG_BITS: dict[str, int] = {"fin": FIN, "syn": SYN, "rst": RST, "psh": PSH, "ack": ACK, "urg": URG}
 
@@ -157,11 +179,34 @@ class Access:
 
 
 @dataclass(frozen=True, slots=True)
+class Ban:
+    """[ban]: when sshd's failures earn a source a ban, and for how long.
+
+    A ban lasts min(bantime * factor ** (offence - 1), maxtime) plus up to `jitter` at random.
+    enabled = false stops automatic bans only: operator bans, and bans already in the kernel,
+    still hold. sources and mode tell the daemon which watchers to run and how strictly its
+    parsers read sshd (parsers/sshd_messages.py); the engine counts whatever it is fed."""
+
+    enabled: bool = DEFAULT_BAN_ENABLED
+    sources: tuple[str, ...] = DEFAULT_BAN_SOURCES
+    mode: Literal["normal", "aggressive"] = DEFAULT_BAN_MODE
+    maxretry: int = DEFAULT_MAXRETRY
+    findtime: float = DEFAULT_FINDTIME
+    bantime: float = DEFAULT_BANTIME
+    factor: float = DEFAULT_BAN_FACTOR
+    maxtime: float = DEFAULT_MAXTIME
+    jitter: float = DEFAULT_JITTER
+    ipv6_prefix: int = DEFAULT_IPV6_PREFIX
+    scope: Literal["all", "guarded"] = DEFAULT_BAN_SCOPE
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     guard: Guard = field(default_factory=Guard)
     access: Access = field(default_factory=Access)
     doors: tuple[Door, ...] = ()
     path: str = ""  # where it was loaded from, for messages
+    ban: Ban = field(default_factory=Ban)
 
 
 def knock_ports(config: Config) -> tuple[frozenset[int], frozenset[int]]:

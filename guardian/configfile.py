@@ -18,18 +18,33 @@ from typing import Any, Literal, TypeAlias, TypeVar, cast
 
 from guardian.addresses import IPNetwork
 from guardian.config import (
+    BAN_SOURCES,
     DEFAULT_ANSWER,
+    DEFAULT_BAN_ENABLED,
+    DEFAULT_BAN_FACTOR,
+    DEFAULT_BAN_MODE,
+    DEFAULT_BAN_SCOPE,
+    DEFAULT_BAN_SOURCES,
+    DEFAULT_BANTIME,
     DEFAULT_DECOY_BAND,
     DEFAULT_DOOR_TIMEOUT,
+    DEFAULT_FINDTIME,
+    DEFAULT_IPV6_PREFIX,
+    DEFAULT_JITTER,
     DEFAULT_LEASE,
     DEFAULT_LINGER,
+    DEFAULT_MAXRETRY,
+    DEFAULT_MAXTIME,
     DEFAULT_PORTS,
     DEFAULT_REQUIRE_AUTH,
     DEFAULT_TCP_FLAGS,
     DEFAULT_WINDOW,
+    MAX_BAN_TIME,
     MAX_SEQUENCE_LENGTH,
+    MIN_IPV6_PREFIX,
     MIN_LEASE,
     Access,
+    Ban,
     Config,
     Door,
     Guard,
@@ -51,11 +66,25 @@ _RANGE = re.compile(r"^\s*(\d+)\s*-\s*(\d+)\s*(?:/\s*([A-Za-z]+))?\s*$")
 _TOML_POSITION = re.compile(r"^(.*) \(at line (\d+), column (\d+)\)$", re.DOTALL)
 _TOML_AT_END = re.compile(r"^(.*) \(at end of document\)$", re.DOTALL)
 
-_TOP_KEYS = ("guard", "access", "door")
+_TOP_KEYS = ("guard", "access", "door", "ban")
 _GUARD_KEYS = ("ports", "trusted", "interfaces", "answer")
 _ACCESS_KEYS = ("window", "linger", "lease", "require_auth", "login_grace_time")
 AUTO = "auto"  # login_grace_time: read sshd's LoginGraceTime at start
 _DOOR_KEYS = ("name", "sequence", "timeout", "tcp_flags", "close", "decoy_band", "decoys")
+_BAN_KEYS = (
+    "enabled",
+    "sources",
+    "mode",
+    "maxretry",
+    "findtime",
+    "bantime",
+    "factor",
+    "maxtime",
+    "jitter",
+    "ipv6_prefix",
+    "scope",
+)
+MAX_MAXRETRY = 100  # a source's failure window holds up to maxretry - 1 times: bounds memory
 
 
 class ConfigError(Exception):
@@ -359,7 +388,14 @@ class _Parser:
             raise self.error(("door",), "write [[door]] (one per door), not [door]")
         specs = [self.door(raw, ("door", i)) for i, raw in enumerate(self.tables(doors_raw))]
         self.check_doors(specs, guard)
-        return Config(guard=guard, access=access, doors=_build_doors(specs, guard), path=self.path)
+        ban = self.ban(self.table(data, ("ban",)))
+        return Config(
+            guard=guard,
+            access=access,
+            doors=_build_doors(specs, guard),
+            path=self.path,
+            ban=ban,
+        )
 
     def table(self, data: dict[str, Any], at: KeyPath) -> dict[str, Any]:
         value = data.get(cast(str, at[-1]), {})
@@ -442,6 +478,86 @@ class _Parser:
             require_auth=require_auth,
             login_grace_time=grace,
         )
+
+    # -- [ban] ------------------------------------------------------------------------------
+
+    def ban(self, data: dict[str, Any]) -> Ban:
+        self.only_known(data, ("ban",), _BAN_KEYS, "key")
+        enabled = data.get("enabled", DEFAULT_BAN_ENABLED)
+        if not isinstance(enabled, bool):
+            raise self.error(("ban", "enabled"), f"expected true or false, got {_kind(enabled)}")
+        sources = DEFAULT_BAN_SOURCES
+        if "sources" in data:
+            sources = self.unique_list(data["sources"], ("ban", "sources"), self.source, "source")
+        mode = self.choice(data, "mode", ("normal", "aggressive"), DEFAULT_BAN_MODE)
+        scope = self.choice(data, "scope", ("all", "guarded"), DEFAULT_BAN_SCOPE)
+        maxretry = self.whole(data, "maxretry", 1, MAX_MAXRETRY, DEFAULT_MAXRETRY)
+        ipv6_prefix = self.whole(data, "ipv6_prefix", MIN_IPV6_PREFIX, 128, DEFAULT_IPV6_PREFIX)
+        times: dict[str, float] = {}
+        for key, default in (
+            ("findtime", DEFAULT_FINDTIME),
+            ("bantime", DEFAULT_BANTIME),
+            ("maxtime", DEFAULT_MAXTIME),
+            ("jitter", DEFAULT_JITTER),
+        ):
+            times[key] = default
+            if key in data:
+                times[key] = self.duration(
+                    data[key], ("ban", key), numbers=True, allow_zero=key == "jitter"
+                )
+        for key in ("bantime", "maxtime", "jitter"):
+            if times[key] > MAX_BAN_TIME:
+                raise self.error(
+                    ("ban", key),
+                    f"at most {format_duration(MAX_BAN_TIME)} (nft's limit), got {data[key]!r}",
+                )
+        if times["maxtime"] < times["bantime"]:
+            at = ("ban", "maxtime") if "maxtime" in data else ("ban", "bantime")
+            raise self.error(
+                at,
+                f"maxtime ({format_duration(times['maxtime'])}) is shorter than bantime "
+                f"({format_duration(times['bantime'])})",
+            )
+        factor = data.get("factor", DEFAULT_BAN_FACTOR)
+        if (
+            not isinstance(factor, int | float)
+            or isinstance(factor, bool)
+            or not math.isfinite(factor)
+            or factor < 1
+        ):
+            raise self.error(("ban", "factor"), f"expected a number of 1 or more, got {factor!r}")
+        return Ban(
+            enabled=enabled,
+            sources=sources,
+            mode=cast(Literal["normal", "aggressive"], mode),
+            maxretry=maxretry,
+            findtime=times["findtime"],
+            bantime=times["bantime"],
+            factor=float(factor),
+            maxtime=times["maxtime"],
+            jitter=times["jitter"],
+            ipv6_prefix=ipv6_prefix,
+            scope=cast(Literal["all", "guarded"], scope),
+        )
+
+    def source(self, value: Any, at: KeyPath) -> str:
+        if not isinstance(value, str) or value not in BAN_SOURCES:
+            shown = repr(value) if isinstance(value, str) else _kind(value)
+            raise self.error(at, f"unknown source {shown} (known: {', '.join(BAN_SOURCES)})")
+        return value
+
+    def choice(self, data: dict[str, Any], key: str, allowed: tuple[str, ...], default: str) -> str:
+        value = data.get(key, default)
+        if value not in allowed:
+            options = " or ".join(f'"{a}"' for a in allowed)
+            raise self.error(("ban", key), f"expected {options}, got {value!r}")
+        return cast(str, value)
+
+    def whole(self, data: dict[str, Any], key: str, low: int, high: int, default: int) -> int:
+        value = data.get(key, default)
+        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+            raise self.error(("ban", key), f"expected a whole number {low}..{high}, got {value!r}")
+        return value
 
     def unique_list(
         self, value: Any, at: KeyPath, item: Callable[[Any, KeyPath], T], what: str
@@ -826,4 +942,24 @@ def render_config(config: Config) -> str:
             f"# {len(door.decoys)} decoy ports in effect (band and decoys, "
             "minus knock and guarded ports)"
         )
+    lines += _render_ban(config.ban)
     return "\n".join(lines) + "\n"
+
+
+def _render_ban(ban: Ban) -> list[str]:
+    factor = int(ban.factor) if ban.factor.is_integer() else ban.factor
+    return [
+        "",
+        "[ban]",
+        f"enabled = {'true' if ban.enabled else 'false'}",
+        f"sources = {_string_list(ban.sources)}",
+        f"mode = {toml_string(ban.mode)}",
+        f"maxretry = {ban.maxretry}",
+        f"findtime = {render_duration(ban.findtime)}",
+        f"bantime = {render_duration(ban.bantime)}",
+        f"factor = {factor!r}",
+        f"maxtime = {render_duration(ban.maxtime)}",
+        f"jitter = {render_duration(ban.jitter)}",
+        f"ipv6_prefix = {ban.ipv6_prefix}",
+        f"scope = {toml_string(ban.scope)}",
+    ]

@@ -8,9 +8,15 @@
 # - a request line longer than `max_request` gets an error and the connection is closed; garbage
 #   (not UTF-8, not JSON, not an object, unknown command, bad arguments) gets {"ok": false, ...} and
 #   the connection stays usable; a half-sent request simply waits for the rest;
-# - at most BATCH requests of a client that reads its replies are handled per wake-up; the rest
-#   wait until its socket is writable again, so one chatty client cannot starve the knock watcher
-#   or other clients (one that does not read runs into max_buffer instead);
+# - at most BATCH requests of a client whose replies the kernel takes at once are handled per
+#   wake-up; the rest wait until its socket is writable again, so one chatty client cannot starve
+#   the knock watcher or other clients. A client that asks and never reads ends up parked there:
+#   its socket stops being writable (a unix socket polls writable only while its send queue is
+#   under a quarter of SO_SNDBUF), so the daemon neither reads nor answers it any more, its further
+#   requests wait in the kernel, and nothing grows in the daemon (seen in the lab with a client
+#   pipelining thousands of snapshot requests: 16 answered, then parked, the rest answered once it
+#   read). One whose replies pile up in the daemon's buffer instead (an event stream it does not
+#   read, or replies larger than the kernel takes) is dropped at max_buffer;
 # - idle clients (no traffic for `idle_timeout`, not subscribed to events) are dropped when a new
 #   client arrives, so slots held by stuck or half-sent clients come back without a timer in the
 #   daemon (sweep() does the same on demand).
@@ -497,11 +503,12 @@ class ControlServer:
     def _work(self, client: _Client) -> None:
         """Handle the complete requests waiting; refuse a line that outgrew max_request.
 
-        While the client reads its replies, stop after BATCH requests and come back when its
-        socket is writable (fairness: one chatty client does not hold the loop). While it does not
-        read (replies pile up), go on: its output reaches max_buffer and it is dropped, instead of
-        sitting on a full socket with requests parked forever. Either way the work of one wake-up
-        is bounded by one recv's worth of requests."""
+        When the kernel took every reply so far, stop after BATCH requests and come back when the
+        socket is writable (fairness: one chatty client does not hold the loop; one that never
+        reads stays parked there, see the module comment). When replies are waiting in outbuf,
+        go on: a client that does not read reaches max_buffer and is dropped, instead of sitting
+        on a full buffer with requests parked forever. Either way the work of one wake-up is
+        bounded by one recv's worth of requests."""
         handled = 0
         while not client.closed:
             if handled >= BATCH and not client.outbuf:

@@ -584,7 +584,7 @@ class DaemonControl:
             version=__version__,
             pid=os.getpid(),
             config_path=d.config.path,
-            table_installed=True,
+            table_installed=d.nft.table_exists(),
             watchers=d.watcher_statuses(),
             events=d.recent.items(),
             extra_counters=d.loop_counters(),

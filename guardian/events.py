@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, TypeAlias
 
-from guardian.addresses import IPAddress
+from guardian.addresses import IPAddress, IPNetwork
 
 Proto: TypeAlias = Literal["tcp", "udp"]
 
@@ -129,6 +129,68 @@ class SignalsChanged:
     auth: bool
 
 
+# ---- failures and bans (fed by the journal, btmp and auth.log watchers; the operator) --------
+
+
+@dataclass(frozen=True, slots=True)
+class AuthFailed:
+    """sshd reported a failed authentication attempt from `source` (over a completed TCP
+    handshake, so the address is not spoofed). The same attempt may arrive from several origins
+    (journal, btmp, auth.log): the engine joins them so it counts once.
+
+    wall_time is when sshd logged it (epoch seconds; btmp has 1-second resolution); pid is the
+    sshd process that handled the connection (None when unknown)."""
+
+    source: IPAddress
+    origin: str  # "journal" | "btmp" | "authlog"
+    rule: str  # the parser's rule name, e.g. "failed_password", "invalid_user"
+    user: str | None = None
+    pid: int | None = None
+    wall_time: float | None = None
+    attempts: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class BanRequested:
+    """The operator bans a source or network by hand; duration None means the escalated default."""
+
+    network: IPNetwork
+    duration: float | None = None
+    reason: str = "operator"
+
+
+@dataclass(frozen=True, slots=True)
+class UnbanRequested:
+    """The operator lifts a ban (and, by choice, forgets the offence history)."""
+
+    network: IPNetwork
+    forget: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class BanFound:
+    """A ban already in the kernel at start-up (adoption): remaining seconds, None if permanent."""
+
+    network: IPNetwork
+    expires_in: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class OffenceRecord:
+    """What the state store remembers of a source across restarts."""
+
+    network: IPNetwork
+    offences: int  # how many times it has been banned
+    last_ban_wall: float  # epoch seconds of the last ban
+
+
+@dataclass(frozen=True, slots=True)
+class OffencesLoaded:
+    """The persisted offence history, fed once at start-up before anything else about bans."""
+
+    records: tuple[OffenceRecord, ...]
+
+
 Event: TypeAlias = (
     KnockSeen
     | GrantFound
@@ -140,4 +202,9 @@ Event: TypeAlias = (
     | SessionOpened
     | SessionClosed
     | SignalsChanged
+    | AuthFailed
+    | BanRequested
+    | UnbanRequested
+    | BanFound
+    | OffencesLoaded
 )

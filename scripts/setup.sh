@@ -15,7 +15,7 @@ PACKAGES=(
   python3 python3-venv python3-nftables python3-systemd
   nftables iproute2 procps conntrack
   openssh-server openssh-client
-  knockd nmap tmux
+  knockd nmap tmux rsyslog sshpass
 )
 
 log() { printf 'setup: %s\n' "$*" >&2; }

@@ -12,15 +12,22 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from guardian.config import (
+    BAN_SOURCES,
     DEFAULT_ANSWER,
+    DEFAULT_BANTIME,
     DEFAULT_DECOY_BAND,
     DEFAULT_DOOR_TIMEOUT,
+    DEFAULT_FINDTIME,
+    DEFAULT_IPV6_PREFIX,
     DEFAULT_LEASE,
     DEFAULT_LINGER,
     DEFAULT_LOGIN_GRACE_TIME,
+    DEFAULT_MAXRETRY,
+    DEFAULT_MAXTIME,
     DEFAULT_PORTS,
     DEFAULT_WINDOW,
     Access,
+    Ban,
     Config,
     KnockStep,
     TcpFlags,
@@ -264,6 +271,137 @@ def test_render_writes_the_session_keys_and_reads_them_back() -> None:
     assert parse_config(text, "") == resolved
 
 
+# -- [ban] ---------------------------------------------------------------------------------------
+
+
+def test_ban_defaults_come_from_config_module() -> None:
+    ban = parse_config("", "g").ban
+    assert ban == Ban()
+    assert ban.enabled is True
+    assert ban.sources == BAN_SOURCES == ("journal", "btmp", "authlog")
+    assert (ban.mode, ban.scope) == ("normal", "all")
+    assert (ban.maxretry, ban.findtime, ban.bantime) == (
+        DEFAULT_MAXRETRY,
+        DEFAULT_FINDTIME,
+        DEFAULT_BANTIME,
+    )
+    assert (ban.maxretry, ban.findtime, ban.bantime, ban.factor) == (5, 600.0, 600.0, 2.0)
+    assert (ban.maxtime, ban.jitter, ban.ipv6_prefix) == (DEFAULT_MAXTIME, 0.0, DEFAULT_IPV6_PREFIX)
+    assert (ban.maxtime, ban.ipv6_prefix) == (604800.0, 64)
+
+
+def test_ban_section_of_the_issue() -> None:
+    text = """
+[ban]
+sources = ["journal", "btmp", "authlog"]   # whichever exist
+mode = "normal"            # or "aggressive"
+maxretry = 5
+findtime = "10m"
+bantime = "10m"
+factor = 2                 # each repeat offence multiplies the ban
+maxtime = "1w"
+jitter = "0s"              # random extra, against bots that time the unban
+ipv6_prefix = 64           # ban IPv6 sources by prefix
+"""
+    assert parse_config(text, "g").ban == Ban()
+
+
+def test_ban_section_every_key() -> None:
+    text = """
+[ban]
+enabled = false
+sources = ["btmp"]
+mode = "aggressive"
+maxretry = 3
+findtime = "1h"
+bantime = 120
+factor = 1.5
+maxtime = "1d"
+jitter = "30s"
+ipv6_prefix = 56
+scope = "guarded"
+"""
+    assert parse_config(text, "g").ban == Ban(
+        enabled=False,
+        sources=("btmp",),
+        mode="aggressive",
+        maxretry=3,
+        findtime=3600.0,
+        bantime=120.0,
+        factor=1.5,
+        maxtime=86400.0,
+        jitter=30.0,
+        ipv6_prefix=56,
+        scope="guarded",
+    )
+    assert parse_config("[ban]\nsources = []\n", "g").ban.sources == ()
+
+
+@pytest.mark.parametrize(
+    ("line", "key", "reason"),
+    [
+        ("enabled = 1", "ban.enabled", "expected true or false, got an integer"),
+        ('sources = ["journal", "syslog"]', "ban.sources", "unknown source 'syslog' (known: "),
+        ('sources = ["btmp", "btmp"]', "ban.sources", "source 'btmp' repeats an earlier entry"),
+        ('sources = "btmp"', "ban.sources", "expected a list, got a string"),
+        ('mode = "paranoid"', "ban.mode", 'expected "normal" or "aggressive"'),
+        ('scope = "some"', "ban.scope", 'expected "all" or "guarded", got'),
+        ("maxretry = 0", "ban.maxretry", "expected a whole number 1..100, got 0"),
+        ("maxretry = 2.5", "ban.maxretry", "expected a whole number 1..100"),
+        ("maxretry = true", "ban.maxretry", "expected a whole number 1..100"),
+        ("maxretry = 1000", "ban.maxretry", "expected a whole number 1..100, got 1000"),
+        ('findtime = "0s"', "ban.findtime", "must be longer than 0"),
+        ('bantime = "soon"', "ban.bantime", "not a duration: 'soon'"),
+        ('maxtime = "1m"', "ban.maxtime", "maxtime (1m) is shorter than bantime (10m)"),
+        ('maxtime = "400d"', "ban.maxtime", "at most 365d (nft's limit)"),
+        ('jitter = "-1s"', "ban.jitter", "not a duration"),
+        ("factor = 0.5", "ban.factor", "expected a number of 1 or more, got 0.5"),
+        ('factor = "2"', "ban.factor", "expected a number of 1 or more"),
+        ("ipv6_prefix = 16", "ban.ipv6_prefix", "expected a whole number 32..128, got 16"),
+        ("ipv6_prefix = 129", "ban.ipv6_prefix", "expected a whole number 32..128, got 129"),
+        ("bantimes = 1", "ban.bantimes", "unknown key"),
+    ],
+)
+def test_ban_keys_errors_name_line_and_key(line: str, key: str, reason: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(f"[ban]\n# the second line\n{line}\n", "g.toml")
+    assert (caught.value.line, caught.value.key) == (3, key), str(caught.value)
+    assert reason in caught.value.reason
+
+
+def test_bantime_longer_than_default_maxtime_names_bantime() -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config('[ban]\nbantime = "2w"\n', "g.toml")
+    assert (caught.value.line, caught.value.key) == (2, "ban.bantime")
+
+
+def test_ban_must_be_a_table() -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config("ban = 5\n", "g.toml")
+    assert caught.value.key == "ban" and "expected a table [ban]" in caught.value.reason
+
+
+def test_render_writes_the_ban_section_and_reads_it_back() -> None:
+    rendered = render_config(parse_config("", "g"))
+    for line in (
+        "[ban]",
+        "enabled = true",
+        'sources = ["journal", "btmp", "authlog"]',
+        'mode = "normal"',
+        "maxretry = 5",
+        'findtime = "10m"',
+        'bantime = "10m"',
+        "factor = 2",
+        'maxtime = "1w"',
+        'jitter = "0s"',
+        "ipv6_prefix = 64",
+        'scope = "all"',
+    ):
+        assert line in rendered.splitlines(), line
+    odd = Config(ban=Ban(enabled=False, sources=(), factor=1.25, jitter=0.5, scope="guarded"))
+    assert parse_config(render_config(odd), "") == odd
+
+
 def test_interface_names() -> None:
     for good in ("eth0", "enp0s31f6", "wg-vpn_1", "a" * 15, "br.10"):
         assert is_interface_name(good), good
@@ -425,6 +563,22 @@ def _config_texts(draw: st.DrawFn) -> str:
             f"lease = {lease}",
             f"require_auth = {draw(st.sampled_from(['true', 'false']))}",
             f"login_grace_time = {grace}",
+        ]
+    if draw(st.booleans()):
+        bantime = draw(st.integers(1, 3600))
+        lines += [
+            "[ban]",
+            f"enabled = {draw(st.sampled_from(['true', 'false']))}",
+            f"sources = {list(draw(st.sets(st.sampled_from(BAN_SOURCES))))!r}".replace("'", '"'),
+            f'mode = "{draw(st.sampled_from(["normal", "aggressive"]))}"',
+            f"maxretry = {draw(st.integers(1, 100))}",
+            f"findtime = {draw(_DURATION)}",
+            f'bantime = "{bantime}s"',
+            f"factor = {draw(st.sampled_from(['1', '2', '1.5', '3.25']))}",
+            f'maxtime = "{bantime + draw(st.integers(0, 10**6))}s"',
+            f"jitter = {draw(st.one_of(_DURATION, st.just('0')))}",
+            f"ipv6_prefix = {draw(st.integers(32, 128))}",
+            f'scope = "{draw(st.sampled_from(["all", "guarded"]))}"',
         ]
     for index in range(draw(st.integers(0, 3))):
         lines += [

@@ -435,9 +435,10 @@ def test_decoy_hit_resets_every_attempt_of_the_source() -> None:
     engine = Engine(
         config(door(close="9000 8000 7000", decoy_width=1), door("alt", "7000 8000 6000"))
     )
-    # 7000 8000: ssh open and alt at stage 2; then 9000: ssh opens, close starts at stage 1 and alt
-    # diverges quietly; 8000: close at stage 2; a decoy then resets the close attempt (told).
-    actions = play(engine, "7000 8000 9000 8000 7001")
+    # 7000 8000: ssh open and alt at stage 2; then 9000: ssh opens (the completing knock starts
+    # nothing else) and alt diverges quietly; a second 9000 starts the close sequence, 8000 takes
+    # it to stage 2; a decoy then resets the close attempt (told).
+    actions = play(engine, "7000 8000 9000 9000 8000 7001")
     assert actions == [*opens(), *failed("close sequence: decoy port hit")]
     assert engine.snapshot(1.0).attempts == 0
 
@@ -627,3 +628,18 @@ def test_reconfigure_honours_due_deadlines_first() -> None:
     engine = Engine(config())
     play(engine, "7000 8000 9000")
     assert engine.reconfigure(config(door(sequence="1 2 3")), 100.0) == window_ends()
+
+
+def test_the_knock_that_completes_a_door_starts_no_other_attempt() -> None:
+    """An open sequence ending on the port its close sequence starts with (7000 8000 9000 /
+    9000 8000 7000, knockd's classic pair) must not leave a close attempt behind that later
+    times out as a failed knock."""
+    engine = Engine(config(door(close="9000 8000 7000")))
+    assert play(engine, "7000 8000 9000") == opens()
+    assert engine.snapshot(0.3).attempts == 0
+    # Past the door's timeout only the window's end is left: no knock_failed notice.
+    actions = engine.handle_timer(60.0)
+    assert not [a for a in actions if isinstance(a, Notice) and a.kind == "knock_failed"]
+    counters = engine.snapshot(60.0).counters
+    assert counters["knocks_failed"] == 0
+    assert counters["attempts_not_started"] == 1

@@ -185,7 +185,7 @@ def test_journald_is_running_and_syslog_reaches_it(journald: JournaldHandle) -> 
 
 def test_key_login_and_logout_are_read_with_real_fields(jlab: tuple[Lab, SshdHandle]) -> None:
     lab, sshd = jlab
-    with JournalWatcher() as watcher:
+    with JournalWatcher(own_netns_only=False) as watcher:
         pump = Pump(watcher)
         try:
             port = login(lab, sshd)
@@ -255,7 +255,7 @@ def _latency_trial(
 
 def _latency_trials(lab: Lab, sshd: SshdHandle, fast: bool) -> list[tuple[float, float, float]]:
     # active_for=0: the timer never runs, so every read is an fd wake-up.
-    with JournalWatcher(active_for=10.0 if fast else 0.0) as watcher:
+    with JournalWatcher(active_for=10.0 if fast else 0.0, own_netns_only=False) as watcher:
         pump = Pump(watcher)
         try:
             return [_latency_trial(pump, lab, sshd, fast) for _ in range(TRIALS)]
@@ -288,7 +288,7 @@ def test_latency_fast_timer_versus_fd_only(jlab: tuple[Lab, SshdHandle]) -> None
 
 def test_resume_from_saved_cursor_reads_each_record_once(jlab: tuple[Lab, SshdHandle]) -> None:
     lab, sshd = jlab
-    with JournalWatcher() as first:
+    with JournalWatcher(own_netns_only=False) as first:
         pump = Pump(first)
         try:
             first.note_activity(time.monotonic())
@@ -304,7 +304,7 @@ def test_resume_from_saved_cursor_reads_each_record_once(jlab: tuple[Lab, SshdHa
     cut = reference.index(saved) + 1
     before, after = reference[:cut], reference[cut:]
 
-    with JournalWatcher(cursor=saved.cursor) as second:
+    with JournalWatcher(own_netns_only=False, cursor=saved.cursor) as second:
         assert second.last_cursor == saved.cursor
         resumed: list[JournalRecord] = []
         for _ in range(100):  # bounded: the backlog is small
@@ -326,7 +326,7 @@ def test_resume_from_saved_cursor_reads_each_record_once(jlab: tuple[Lab, SshdHa
     assert last == resumed[-1].cursor
 
     # Resuming from the last cursor again returns nothing already seen.
-    with JournalWatcher(cursor=last) as third:
+    with JournalWatcher(own_netns_only=False, cursor=last) as third:
         again = third.read_records()
     assert not {r.cursor for r in again} & set(cursors + [r.cursor for r in before])
 
@@ -335,7 +335,7 @@ def test_resume_when_the_saved_entry_is_gone_keeps_the_next_one(
     jlab: tuple[Lab, SshdHandle],
 ) -> None:
     lab, sshd = jlab
-    with JournalWatcher() as watcher:
+    with JournalWatcher(own_netns_only=False) as watcher:
         pump = Pump(watcher)
         try:
             watcher.note_activity(time.monotonic())
@@ -352,7 +352,7 @@ def test_resume_when_the_saved_entry_is_gone_keeps_the_next_one(
     # A cursor that names no entry (as after a vacuum): a position between the two records.
     boot = cursor_fields(here.cursor)["b"]
     ghost = f"b={boot};t={(t_here + t_next) // 2:x}"
-    with JournalWatcher(cursor=ghost) as resumed:
+    with JournalWatcher(own_netns_only=False, cursor=ghost) as resumed:
         got = resumed.read_records()
         assert resumed.stats()["resume_gap"] == 1
     assert got[0].cursor == following.cursor  # kept, not skipped
@@ -374,7 +374,7 @@ def test_history_finds_accepted_line_of_a_session_older_than_the_watcher(
         # journald handles sshd's datagram asynchronously: reopen until the line is stored.
         history: list[JournalRecord] = []
         for _ in range(50):
-            with JournalWatcher() as watcher:
+            with JournalWatcher(own_netns_only=False) as watcher:
                 history = watcher.history(since)
                 if any(r.message.startswith(want) for r in history):
                     live = watcher.read_records()
@@ -400,14 +400,15 @@ def test_history_finds_accepted_line_of_a_session_older_than_the_watcher(
 
 def test_only_the_given_identifiers_are_read_with_their_pid(journald: JournaldHandle) -> None:
     token = secrets.token_hex(4)
-    with JournalWatcher(identifiers=("gj9-a", "gj9-b")) as watcher:
+    with JournalWatcher(trusted_commands=None, identifiers=("gj9-a", "gj9-b")) as watcher:
         pump = Pump(watcher)
         try:
             watcher.note_activity(time.monotonic())
             pid_a = log_line("gj9-a", f"a {token}")
             log_line("gj9-c", f"c {token}")
             log_line("gj9-ab", f"ab {token}")
-            log_line("gj9-b", f"b {token}", "--id=4242")  # SYSLOG_PID given: it wins over _PID
+            # SYSLOG_PID is the sender's word; journald's own _PID wins (a forger could lie).
+            pid_b = log_line("gj9-b", f"b {token}", "--id=4242")
             assert pump.until(lambda: f"b {token}" in pump.messages(), 5)
             pump.step(max_wait=0.1)
         finally:
@@ -418,12 +419,12 @@ def test_only_the_given_identifiers_are_read_with_their_pid(journald: JournaldHa
         ("gj9-b", f"b {token}"),
     ]
     assert mine[0].pid == pid_a  # logger without --id sends no SYSLOG_PID: _PID is used
-    assert mine[1].pid == 4242
+    assert mine[1].pid == pid_b
 
 
 def test_reopening_resumes_after_the_last_record(journald: JournaldHandle) -> None:
     token = secrets.token_hex(4)
-    watcher = JournalWatcher(identifiers=("gj9-re",))
+    watcher = JournalWatcher(trusted_commands=None, identifiers=("gj9-re",))
     watcher.open()
     try:
         pump = Pump(watcher)
@@ -446,7 +447,7 @@ def test_reopening_resumes_after_the_last_record(journald: JournaldHandle) -> No
 
 def test_bad_cursor_and_no_permission_are_clear_errors(journald: JournaldHandle) -> None:
     with pytest.raises(WatcherError, match="bad saved cursor"):
-        JournalWatcher(cursor="not-a-cursor").open()
+        JournalWatcher(own_netns_only=False, cursor="not-a-cursor").open()
     script = (
         "from guardian.watchers.journal import JournalWatcher\n"
         "from guardian.watchers import WatcherError\n"
@@ -476,7 +477,7 @@ def test_fd_is_quiet_after_a_read(journald: JournaldHandle) -> None:
     # spin on a readable fd. Another writer can make it readable again at any moment on a shared
     # host, so a quiet fd in any of a few tries passes; a spinning one never is.
     token = secrets.token_hex(4)
-    with JournalWatcher(identifiers=("gj9-q",), active_for=0.0) as watcher:
+    with JournalWatcher(trusted_commands=None, identifiers=("gj9-q",), active_for=0.0) as watcher:
         log_line("gj9-q", token)
         quiet = False
         got: list[str] = []
@@ -499,7 +500,9 @@ def test_a_journal_directory_can_be_read_by_path(journald: JournaldHandle, tmp_p
     time.sleep(0.3)
     for source in machine_dirs[0].glob("*.journal"):
         (tmp_path / source.name).write_bytes(source.read_bytes())
-    with JournalWatcher(identifiers=("gj9-path",), path=str(tmp_path)) as watcher:
+    with JournalWatcher(
+        trusted_commands=None, identifiers=("gj9-path",), path=str(tmp_path)
+    ) as watcher:
         history = watcher.history(time.time() - 600, max_records=5)
         assert watcher.read_records() == []  # a copy never grows
     assert history and history[-1].message == "copied"
@@ -511,7 +514,7 @@ def _journalctl(*args: str) -> None:
 
 def test_reading_continues_across_rotation_and_vacuum(journald: JournaldHandle) -> None:
     token = secrets.token_hex(4)
-    with JournalWatcher(identifiers=("gj9-rot",)) as watcher:
+    with JournalWatcher(trusted_commands=None, identifiers=("gj9-rot",)) as watcher:
         pump = Pump(watcher)
         try:
             watcher.note_activity(time.monotonic())
@@ -541,7 +544,9 @@ def test_reading_continues_across_a_journald_restart(
 ) -> None:
     lab, sshd = jlab
     token = secrets.token_hex(4)
-    with JournalWatcher(identifiers=("gj9-rs", "sshd", "sshd-session")) as watcher:
+    with JournalWatcher(
+        identifiers=("gj9-rs", "sshd", "sshd-session"), own_netns_only=False, trusted_commands=None
+    ) as watcher:
         pump = Pump(watcher)
         try:
             watcher.note_activity(time.monotonic())
@@ -559,3 +564,53 @@ def test_reading_continues_across_a_journald_restart(
     mine = [m for m in pump.messages() if m.endswith(token)]
     assert mine == [f"before {token}", f"after {token}"]
     print(f"\njournald restarted: pid {fresh.pid}; reading went on")
+
+
+def test_lines_of_a_process_in_another_network_namespace_are_dropped(
+    journald: JournaldHandle,
+) -> None:
+    """One journal per machine, one sshd (and one guardian) per network namespace: a line whose
+    process lives in another namespace is not ours. Processes still alive are asked; the shell
+    below stays alive (sleep) so its SYSLOG_PID can be checked."""
+    token = secrets.token_hex(4)
+    namespace = f"gj9-nsf{os.getpid() % 10000}"
+    subprocess.run(["ip", "netns", "add", namespace], check=True)
+    # systemd-cat connects a stream to journald, then execs the shell: the entry's _PID is that
+    # shell, which stays alive (sleep) so its namespace can be looked up.
+    script = 'echo "$1"; sleep 3'
+    try:
+        with JournalWatcher(trusted_commands=None, identifiers=("gj9-ns",)) as watcher:
+            pump = Pump(watcher)
+            try:
+                watcher.note_activity(time.monotonic())
+                cat = ["systemd-cat", "-t", "gj9-ns", "sh", "-c", script, "sh"]
+                foreign = subprocess.Popen(["ip", "netns", "exec", namespace, *cat, f"far {token}"])
+                own = subprocess.Popen([*cat, f"near {token}"])
+                assert pump.until(lambda: f"near {token}" in pump.messages(), 5)
+                assert pump.until(lambda: watcher.stats()["foreign_netns"] >= 1, 5)
+                dropped = watcher.stats()["foreign_netns"]
+            finally:
+                pump.close()
+            foreign.wait(timeout=10)
+            own.wait(timeout=10)
+    finally:
+        subprocess.run(["ip", "netns", "del", namespace], check=False)
+    messages = pump.messages()
+    assert f"near {token}" in messages
+    assert f"far {token}" not in messages
+    assert dropped >= 1
+
+
+def test_forged_sshd_lines_are_dropped(journald: JournaldHandle) -> None:
+    """`logger -t sshd` sets SYSLOG_IDENTIFIER=sshd, but journald records who really sent it
+    (_COMM=logger): such a line is not sshd's and must never open or close a session."""
+    token = secrets.token_hex(4)
+    with JournalWatcher(own_netns_only=False) as watcher:
+        pump = Pump(watcher)
+        try:
+            watcher.note_activity(time.monotonic())
+            log_line("sshd", f"Accepted publickey for root from 192.0.2.99 port 4{token[:4]}")
+            assert pump.until(lambda: watcher.stats()["untrusted"] >= 1, 5)
+        finally:
+            pump.close()
+    assert not [m for m in pump.messages() if token[:4] in m]

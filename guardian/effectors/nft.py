@@ -5,22 +5,30 @@
 # own bookkeeping unchanged. The untyped binding stays behind this class; callers see typed data.
 #
 # A libnftables context opens its netlink socket when it is created and keeps it: an NftEffector
-# acts on the network namespace it was constructed in, even if the thread moves later.
+# acts on the network namespace it was constructed in, even if the thread moves later (so does
+# the raw netlink socket that reads the big ban sets, nft_dump.py).
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Sequence
 from typing import Any
 
 import nftables  # Debian's python3-nftables; reachable from a --system-site-packages venv
 
 from guardian.actions import Action
-from guardian.addresses import IPAddress, parse_address
-from guardian.config import TABLE_NAME, Config
+from guardian.addresses import IPAddress, IPNetwork, parse_address
+from guardian.config import DEFAULT_IPV6_PREFIX, TABLE_NAME, Config
+from guardian.effectors.nft_dump import DumpError, SetDumper
 from guardian.effectors.nft_rules import (
     ALLOW4,
     ALLOW6,
+    BAN4,
+    BANNET4,
+    BANNET6,
     FAMILY,
     Command,
+    ban6_migration_commands,
+    ban6_prefix_of,
     commands_for,
     grant_commands,
     install_commands,
@@ -28,6 +36,9 @@ from guardian.effectors.nft_rules import (
     revoke_commands,
     transaction,
 )
+
+# A ban as listed from the kernel: the network and the seconds left (None: permanent).
+ListedBan = tuple[IPNetwork, float | None]
 
 
 class NftError(Exception):
@@ -40,6 +51,12 @@ class NftEffector:
     def __init__(self) -> None:
         self._nft: Any = nftables.Nftables()
         self._nft.set_json_output(True)
+        self._dumper = SetDumper()  # table and set listings, big sets (nft_dump.py)
+        self._ipv6_prefix = DEFAULT_IPV6_PREFIX  # of the config installed last
+
+    def close(self) -> None:
+        """Release the raw netlink socket (the libnftables contexts go with the object)."""
+        self._dumper.close()
 
     def apply(self, commands: Sequence[Command]) -> None:
         """Run the commands as one transaction; raise NftError if the kernel or nft refuses."""
@@ -47,12 +64,21 @@ class NftEffector:
             self._run(transaction(commands))
 
     def apply_actions(self, actions: Sequence[Action]) -> None:
-        """One engine step's actions as one transaction (Notices are ignored)."""
-        self.apply(commands_for(actions))
+        """One engine step's actions as one transaction (Notices and RecordOffence are ignored),
+        bans routed by the ipv6_prefix of the config installed last."""
+        self.apply(commands_for(actions, ipv6_prefix=self._ipv6_prefix))
 
     def install(self, config: Config) -> None:
-        """Install or re-install table inet guardian for this config; existing grants stay."""
-        self.apply(install_commands(config))
+        """Install or re-install table inet guardian for this config; grants and bans stay. If
+        [ban] ipv6_prefix changed, the old prefix set's bans move to bannet6 in the same step."""
+        commands = install_commands(config)
+        prefix = config.ban.ipv6_prefix
+        stale = [n for n in self._set_names() if ban6_prefix_of(n) not in (None, prefix)]
+        if stale:
+            moved = [(name, self._hash_bans(name)) for name in stale]
+            commands += ban6_migration_commands(moved, [n for n, _ in self._interval_bans(BANNET6)])
+        self.apply(commands)
+        self._ipv6_prefix = prefix
 
     def remove_table(self) -> None:
         """Remove table inet guardian with every grant in it; no error when it is absent."""
@@ -67,37 +93,86 @@ class NftEffector:
         self.apply(revoke_commands(source))
 
     def table_exists(self) -> bool:
-        output = self._run({"nftables": [{"list": {"tables": {"family": FAMILY}}}]})
-        return any(
-            item.get("table", {}).get("family") == FAMILY
-            and item.get("table", {}).get("name") == TABLE_NAME
-            for item in _items(output)
-        )
+        # Raw netlink: libnftables' `list tables` would first fetch every element of every set.
+        try:
+            return self._dumper.table_exists(TABLE_NAME)
+        except DumpError as exc:
+            raise NftError(f"cannot look up table {TABLE_NAME}: {exc.strerror or exc}") from exc
 
     def list_grants(self) -> list[tuple[IPAddress, float | None]]:
         """The grants in the kernel now: (source, seconds until the kernel drops it).
 
         None means a permanent element (added by hand, without timeout). nft reports the
         remaining time in whole seconds, rounded down. [] when the table does not exist."""
-        if not self.table_exists():
-            return []
-        # One `list table` rather than two `list set`: libnftables 1.0.6 fails a JSON batch
-        # holding two list commands.
-        output = self._run(
-            {"nftables": [{"list": {"table": {"family": FAMILY, "name": TABLE_NAME}}}]}
-        )
+        names = self._set_names()
         grants: list[tuple[IPAddress, float | None]] = []
-        for item in _items(output):
-            found = item.get("set")
-            if not isinstance(found, dict) or found.get("table") != TABLE_NAME:
+        # One `list set` per call: libnftables 1.0.6 fails a JSON batch holding two list
+        # commands, and `list table` would format every ban as well.
+        for name in (ALLOW4, ALLOW6):
+            if name not in names:
                 continue
-            if found.get("name") not in (ALLOW4, ALLOW6):
-                continue
-            for element in found.get("elem", []):
+            for element in self._set_elements(name):
                 grant = _parse_grant(element)
                 if grant is not None:
                     grants.append(grant)
         return grants
+
+    def list_bans(self) -> list[ListedBan]:
+        """Every ban in the kernel now: (network, seconds left; None = permanent), for the
+        engine to adopt at start-up (Engine.adopt_bans). [] when the table does not exist.
+
+        The hash sets (ban4, every ban6_<P>) are read with a raw netlink dump (nft_dump.py),
+        which keeps 100k bans well under a second; the interval sets through libnftables."""
+        bans: list[ListedBan] = []
+        for name in sorted(self._set_names()):
+            if name == BAN4 or ban6_prefix_of(name) is not None:
+                bans += self._hash_bans(name)
+            elif name in (BANNET4, BANNET6):
+                bans += self._interval_bans(name)
+        return bans
+
+    def _set_names(self) -> set[str]:
+        """The sets of table inet guardian (empty when the table does not exist)."""
+        try:
+            return self._dumper.set_names(TABLE_NAME)
+        except DumpError as exc:
+            raise NftError(f"cannot list the sets of {TABLE_NAME}: {exc.strerror or exc}") from exc
+
+    def _set_elements(self, name: str) -> list[Any]:
+        command = {"list": {"set": {"family": FAMILY, "table": TABLE_NAME, "name": name}}}
+        for item in _items(self._run({"nftables": [command]})):
+            found = item.get("set")
+            if isinstance(found, dict) and found.get("name") == name:
+                elements = found.get("elem", [])
+                return elements if isinstance(elements, list) else []
+        return []
+
+    def _hash_bans(self, name: str) -> list[ListedBan]:
+        """A ban4 / ban6_<P> set, read with the raw dump."""
+        prefix = ban6_prefix_of(name)
+        try:
+            elements = self._dumper.elements(TABLE_NAME, name)
+        except DumpError as exc:
+            raise NftError(f"cannot list set {name}: {exc.strerror or exc}") from exc
+        if prefix is None:
+            v4 = ipaddress.IPv4Network
+            return [(v4(key), None if left is None else left / 1000) for key, left in elements]
+        v6 = ipaddress.IPv6Network
+        return [
+            (v6((key, prefix), strict=False), None if left is None else left / 1000)
+            for key, left in elements
+        ]
+
+    def _interval_bans(self, name: str) -> list[ListedBan]:
+        """A bannet4 / bannet6 set through libnftables, which reassembles the intervals."""
+        if name not in self._set_names():
+            return []
+        bans: list[ListedBan] = []
+        for element in self._set_elements(name):
+            ban = _parse_ban(element)
+            if ban is not None:
+                bans.append(ban)
+        return bans
 
     def _run(self, document: dict[str, Any]) -> Any:
         rc, output, error = self._nft.json_cmd(document)
@@ -112,6 +187,30 @@ def _items(output: Any) -> list[dict[str, Any]]:
         return []
     items = output.get("nftables", [])
     return [item for item in items if isinstance(item, dict)]
+
+
+def _parse_ban(element: Any) -> ListedBan | None:
+    """An interval-set element: an address, {"prefix": {...}}, or either inside
+    {"elem": {"val": ..., "expires": s}}. Ranges (made by hand) are skipped."""
+    remaining: float | None = None
+    value = element
+    if isinstance(element, dict) and isinstance(element.get("elem"), dict):
+        inner = element["elem"]
+        value = inner.get("val")
+        for key in ("expires", "timeout"):
+            seconds = inner.get(key)
+            if isinstance(seconds, int | float) and not isinstance(seconds, bool):
+                remaining = float(seconds)
+                break
+    try:
+        if isinstance(value, str):
+            return ipaddress.ip_network(value), remaining
+        if isinstance(value, dict) and isinstance(value.get("prefix"), dict):
+            prefix = value["prefix"]
+            return ipaddress.ip_network(f"{prefix['addr']}/{prefix['len']}"), remaining
+    except (KeyError, ValueError):
+        return None
+    return None
 
 
 def _parse_grant(element: Any) -> tuple[IPAddress, float | None] | None:

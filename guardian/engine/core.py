@@ -13,20 +13,48 @@
 # initial (start-up) adopts live connections of untrusted sources (door "adopted").
 # Feed SignalsChanged before the first listing at start-up; until told, the engine assumes the
 # journal is up (authentication needs evidence) and every connection origin is.
+#
+# Failures and bans (the rules are in bans.py):
+#   AuthFailed                        the journal, btmp and auth.log watchers (one attempt may come
+#                                     from all three: joined there)
+#   BanRequested / UnbanRequested     the operator
+#   OffencesLoaded, then BanFound     start-up: the state store's histories, the kernel's bans
+# A banned source's knocks are dropped before the knock matcher (knocks_banned). "A live session"
+# for the ban rules means one sshd accepted (SessionOpened): connections merely assumed to be
+# sessions (no journal, or require_auth = false) protect nobody from a ban, or an attacker's own
+# connections would shield it whenever the journal is down.
+#
+# Clocks: `now` is the caller's monotonic clock. The ban rules also need the wall clock (log lines
+# carry wall-clock times; offence histories are kept in epoch seconds): pass it as `wall`. When a
+# call leaves it out, the engine assumes the wall clock moved as `now` did since the last call
+# that gave it (before any, wall = now: tests may use one clock for both).
 from __future__ import annotations
 
+import ipaddress
 import math
+import random
 from collections import Counter
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 
 from guardian.actions import Action, Notice
-from guardian.addresses import IPAddress, in_any, normalize
-from guardian.config import MAX_ATTEMPTS, MAX_CONNECTIONS, Config
+from guardian.addresses import IPAddress, IPNetwork, in_any, normalize
+from guardian.config import (
+    MAX_ATTEMPTS,
+    MAX_CONNECTIONS,
+    MAX_FAILURE_JOINS,
+    MAX_FAILURE_SOURCES,
+    MAX_OFFENCES,
+    Config,
+)
+from guardian.engine.bans import BanTable, BanView
 from guardian.engine.grants import GrantTable, GrantView
 from guardian.engine.knock import KnockCompleted, KnockFailed, KnockOutcome, KnockTracker
 from guardian.engine.sessions import AuthState, Change, ChangeKind, ConnectionTable, SessionView
 from guardian.events import (
+    AuthFailed,
+    BanFound,
+    BanRequested,
     ConnectionClosed,
     ConnectionOpened,
     ConnectionsListed,
@@ -34,10 +62,12 @@ from guardian.events import (
     GrantFound,
     GrantRequested,
     KnockSeen,
+    OffencesLoaded,
     RevokeRequested,
     SessionClosed,
     SessionOpened,
     SignalsChanged,
+    UnbanRequested,
 )
 
 OPERATOR_DOOR = "operator"
@@ -50,6 +80,7 @@ COUNTER_NAMES: tuple[str, ...] = (
     "knocks_duplicate",  # a retransmission of the step just taken (tolerated)
     "decoy_hits",  # scan probes on decoy ports (each resets the source's attempts)
     "attempts_started",  # first steps taken
+    "attempts_not_started",  # first steps not taken: the same knock completed a sequence
     "attempts_evicted",  # sources dropped to keep attempts under the cap (LRU)
     "attempts_diverged",  # attempts left because the same knock advanced another sequence
     "attempts_dropped",  # attempts of doors that changed at a reconfigure
@@ -78,6 +109,30 @@ COUNTER_NAMES: tuple[str, ...] = (
     "unauthenticated_expired",  # connections whose login grace passed without an "Accepted"
     "signals_changed",  # SignalsChanged handled
     "unexpected_events",  # events that made no sense in the current state (counted, not raised)
+    # failures (AuthFailed) and bans; see engine/bans.py
+    "failures_seen",  # attempts reported, by every origin (duplicates included)
+    "failures_joined",  # reports of an attempt another origin had reported already
+    "failures_counted",  # distinct attempts counted towards a ban
+    "failures_trusted",  # from loopback or trusted networks: never counted
+    "failures_in_session",  # from a source with a live accepted session: never counted
+    "failures_while_banned",  # distinct attempts of a banned source (no escalation)
+    "failures_stale",  # older than findtime when they arrived (replayed history)
+    "failures_ignored",  # distinct attempts while [ban] enabled = false
+    "failure_sources_evicted",  # failure windows dropped to keep them under the cap (LRU)
+    "failure_joins_evicted",  # join keys (source, sshd PID) dropped under the cap (LRU)
+    "knocks_banned",  # knocks from banned sources, ignored
+    "bans",  # bans earned by failures
+    "bans_narrowed",  # of those: one address instead of its IPv6 prefix (trusted/session there)
+    "bans_spared",  # maxretry reached, but nothing could be banned without catching trusted
+    "bans_operator",  # bans the operator asked for
+    "bans_of_sessions",  # operator bans that cover a live accepted session
+    "bans_refused",  # operator bans refused (loopback, trusted, overlap, bad duration)
+    "bans_adopted",  # bans found in the kernel at start-up (BanFound)
+    "bans_lifted",  # bans lifted because they cover trusted addresses (adopted or at a reload)
+    "bans_expired",  # bans whose kernel timeout has run out (forgotten)
+    "unbans",  # bans lifted by the operator
+    "offences_loaded",  # offence histories taken from the state store at start-up
+    "offences_forgotten",  # histories dropped (too old, over the cap, or by the operator)
 )
 
 
@@ -95,6 +150,10 @@ class EngineSnapshot:
     sessions: tuple[SessionView, ...] = ()  # every tracked connection (never above the cap)
     auth_signal: bool = True  # the journal is up: authentication needs evidence
     connection_origins: tuple[str, ...] | None = None  # origins up; None: never told
+    bans: tuple[BanView, ...] = ()  # every ban the engine tracks, in the order they were made
+    failure_sources: int = 0  # sources (or IPv6 prefixes) with failures being counted
+    failures_by_origin: Mapping[str, int] = field(default_factory=dict)  # reports per watcher
+    failures_by_rule: Mapping[str, int] = field(default_factory=dict)  # reports per sshd rule
 
 
 class Engine:
@@ -106,7 +165,12 @@ class Engine:
         *,
         max_attempts: int = MAX_ATTEMPTS,
         max_connections: int = MAX_CONNECTIONS,
+        rng: random.Random | None = None,
+        max_failure_sources: int = MAX_FAILURE_SOURCES,
+        max_failure_joins: int = MAX_FAILURE_JOINS,
+        max_offences: int = MAX_OFFENCES,
     ) -> None:
+        """rng draws the ban jitter; pass a seeded one for reproducible runs (tests)."""
         self._config = config
         self._max_attempts = max_attempts
         self._counters: Counter[str] = Counter(dict.fromkeys(COUNTER_NAMES, 0))
@@ -121,7 +185,20 @@ class Engine:
             protected=self._has_grant,
         )
         self._grants = GrantTable(self._counters, config.access, self._conns.tally)
+        # Peers (source -> source ports) with a connection sshd accepted: what spares a source.
+        self._accepted: dict[IPAddress, set[int]] = {}
+        self._bans = BanTable(
+            config.ban,
+            config.guard.trusted,
+            self._counters,
+            rng if rng is not None else random.Random(),
+            self._has_accepted_session,
+            max_sources=max_failure_sources,
+            max_joins=max_failure_joins,
+            max_offences=max_offences,
+        )
         self._last_now: float | None = None
+        self._wall_offset = 0.0  # wall - now at the last call that gave the wall clock
 
     @property
     def config(self) -> Config:
@@ -129,19 +206,33 @@ class Engine:
 
     # -- the public API ------------------------------------------------------------------------
 
-    def feed(self, event: Event, now: float) -> list[Action]:
+    def feed(self, event: Event, now: float, *, wall: float | None = None) -> list[Action]:
+        """One event at `now` (monotonic); `wall` is the wall clock at the same instant (see
+        the header: needed for the ban rules, optional elsewhere)."""
         now = self._advance_clock(now)
+        wall_now = self._wall(now, wall)
         # Deadlines that have come are honoured before the event: expiry goes by time, whichever
         # of the timer and the packet the event loop happens to deliver first.
         actions = self._run_due(now)
         if isinstance(event, KnockSeen):
             actions += self._on_knock(event, now)
+        elif isinstance(event, AuthFailed):
+            actions += self._bans.failed(event, now, wall_now)
+        elif isinstance(event, BanFound):
+            actions += self._bans.found((event,), now, wall_now)
+        elif isinstance(event, BanRequested):
+            actions += self._bans.requested(event, now, wall_now)
+        elif isinstance(event, UnbanRequested):
+            actions += self._bans.unban_requested(event)
+        elif isinstance(event, OffencesLoaded):
+            actions += self._bans.loaded(event, wall_now)
         elif isinstance(event, ConnectionOpened | ConnectionClosed | ConnectionsListed):
             actions += self._on_connections(event, now)
         elif isinstance(event, SessionOpened):
             changes = self._conns.session_opened(
                 event.source, event.sport, event.user, event.pid, now
             )
+            self._accepted.setdefault(normalize(event.source), set()).add(event.sport)
             actions += self._after(changes, now)
         elif isinstance(event, SessionClosed):
             actions += self._after(self._conns.session_closed(event.source, event.sport), now)
@@ -159,8 +250,10 @@ class Engine:
         # once: settle it now, so get_timer() never points before `now`.
         return actions + self._run_due(now)
 
-    def handle_timer(self, now: float) -> list[Action]:
-        return self._run_due(self._advance_clock(now))
+    def handle_timer(self, now: float, *, wall: float | None = None) -> list[Action]:
+        now = self._advance_clock(now)
+        self._wall(now, wall)
+        return self._run_due(now)
 
     def get_timer(self) -> float | None:
         deadlines = [
@@ -169,23 +262,43 @@ class Engine:
                 self._knocks.next_deadline(),
                 self._conns.next_deadline(),
                 self._grants.next_deadline(),
+                self._bans.next_deadline(),
             )
             if d is not None
         ]
         return min(deadlines) if deadlines else None
 
-    def reconfigure(self, config: Config, now: float) -> list[Action]:
+    def reconfigure(self, config: Config, now: float, *, wall: float | None = None) -> list[Action]:
         """SIGHUP: grants and connections stay as they are (new linger, lease and login grace
         apply from their next transition on); attempts of doors that changed are dropped; if
-        authentication is no longer required, pending connections become sessions."""
+        authentication is no longer required, pending connections become sessions. Bans stay
+        (the new [ban] applies to the next ones), except those that now cover trusted addresses,
+        which are lifted; a new ipv6_prefix restarts the counting of failures."""
         now = self._advance_clock(now)
+        self._wall(now, wall)
         actions = self._run_due(now)
         self._knocks.reconfigure(config.doors)
         self._config = config
         self._grants.access = config.access
         self._conns.grace = config.access.login_grace
+        actions += self._bans.reconfigure(config.ban, config.guard.trusted)
         actions += self._apply_auth_policy(now)
         return actions + self._run_due(now)
+
+    def adopt_bans(
+        self, found: Iterable[BanFound], now: float, *, wall: float | None = None
+    ) -> list[Action]:
+        """Start-up: the bans listed from the kernel, fed as one step. The same as feeding each
+        BanFound, without settling the deadlines around every one of them (100k bans at once)."""
+        now = self._advance_clock(now)
+        wall_now = self._wall(now, wall)
+        actions = self._run_due(now)
+        actions += self._bans.found(found, now, wall_now)
+        return actions + self._run_due(now)
+
+    def banned(self, address: IPAddress) -> IPNetwork | None:
+        """The tracked ban covering this address, if any."""
+        return self._bans.covering(address)
 
     def snapshot(self, now: float) -> EngineSnapshot:
         """A read-only view; it changes nothing, not even due deadlines."""
@@ -195,20 +308,32 @@ class Engine:
             attempts=self._knocks.sources_in_progress,
             attempt_records=self._knocks.attempt_records,
             timer_entries=(
-                self._knocks.timer_entries + self._conns.timer_entries + self._grants.timer_entries
+                self._knocks.timer_entries
+                + self._conns.timer_entries
+                + self._grants.timer_entries
+                + self._bans.timer_entries
             ),
             next_deadline=self.get_timer(),
             counters=dict(self._counters),
             sessions=self._conns.views(now),
             auth_signal=self._auth_signal,
             connection_origins=None if self._origins is None else tuple(sorted(self._origins)),
+            bans=self._bans.views(),
+            failure_sources=self._bans.failure_sources,
+            failures_by_origin=dict(self._bans.by_origin),
+            failures_by_rule=dict(self._bans.by_rule),
         )
 
     # -- events --------------------------------------------------------------------------------
 
     def _on_knock(self, event: KnockSeen, now: float) -> list[Action]:
+        source = normalize(event.source)
+        if self._bans.covering(source) is not None:
+            self._counters["knocks_seen"] += 1
+            self._counters["knocks_banned"] += 1
+            return []
         actions: list[Action] = []
-        for outcome in self._knocks.feed(normalize(event.source), event, now):
+        for outcome in self._knocks.feed(source, event, now):
             actions += self._on_knock_outcome(outcome, now)
         return actions
 
@@ -271,6 +396,9 @@ class Engine:
         ended = {c.connection.source for c in changes if c.kind is ChangeKind.SESSION_CLOSED}
         for source in sorted(touched, key=_address_order):
             effects += self._grants.settle(source, now, session_ended=source in ended)
+        for change in changes:
+            if change.kind is ChangeKind.SESSION_CLOSED:
+                self._forget_accepted(change.connection.source, change.connection.sport)
         causes: list[Notice] = []
         for change in changes:
             source = change.connection.source
@@ -309,6 +437,19 @@ class Engine:
     def _has_grant(self, source: IPAddress) -> bool:
         return source in self._grants
 
+    def _has_accepted_session(self, where: IPAddress | IPNetwork) -> bool:
+        """Does a connection sshd accepted come from this address (or network)?"""
+        if isinstance(where, ipaddress.IPv4Address | ipaddress.IPv6Address):
+            return where in self._accepted
+        return any(s.version == where.version and s in where for s in self._accepted)
+
+    def _forget_accepted(self, source: IPAddress, sport: int) -> None:
+        sports = self._accepted.get(source)
+        if sports is not None:
+            sports.discard(sport)
+            if not sports:
+                del self._accepted[source]
+
     def _trusted(self, source: IPAddress) -> bool:
         return in_any(source, self._config.guard.trusted)
 
@@ -338,6 +479,13 @@ class Engine:
         self._last_now = now
         return now
 
+    def _wall(self, now: float, wall: float | None) -> float:
+        """The wall clock at `now`: as given (remembered as an offset), else estimated."""
+        if wall is not None and math.isfinite(wall):
+            self._wall_offset = wall - now
+            return wall
+        return now + self._wall_offset
+
     def _run_due(self, now: float) -> list[Action]:
         """Settle every deadline <= now, earliest first, across attempts, connections and grants
         (on a tie in that order: a login grace that ends with a window is settled first)."""
@@ -350,6 +498,7 @@ class Engine:
                         self._knocks.next_deadline(),
                         self._conns.next_deadline(),
                         self._grants.next_deadline(),
+                        self._bans.next_deadline(),
                     )
                 )
                 if at is not None and at <= now
@@ -367,11 +516,16 @@ class Engine:
                 if changes is None:
                     raise AssertionError("a due login grace did not expire")
                 actions += self._after(changes, now)
-            else:
+            elif rank == 2:
                 expired = self._grants.expire_next(now)
                 if expired is None:
                     raise AssertionError("a due grant deadline did not expire")
                 actions += expired
+            else:
+                lifted = self._bans.expire_next(now)
+                if lifted is None:
+                    raise AssertionError("a due ban deadline did not expire")
+                actions += lifted
 
 
 def _address_order(source: IPAddress) -> tuple[int, int]:

@@ -207,6 +207,7 @@ class KnockTracker:
         progress = self._fresh.get(source) or self._advanced.get(source) or {}
         completed: list[KnockOutcome] = []
         broken: list[Attempt] = []
+        starting: list[Matcher] = []
         went_on = False  # did this knock advance (or complete) some sequence?
         for matcher in matchers:
             attempt = progress.get(matcher.key)
@@ -223,9 +224,20 @@ class KnockTracker:
                     continue
                 self._forget(source, progress, matcher.key)
                 broken.append(attempt)
-            if step == matcher.steps[0] and self._start(source, progress, matcher, now):
-                went_on = True  # a one-step sequence completed at once
-                completed.append(KnockCompleted(source, matcher))
+            if step == matcher.steps[0]:
+                if len(matcher.steps) == 1:
+                    went_on = True  # a one-step sequence completes at once
+                    completed.append(KnockCompleted(source, matcher))
+                else:
+                    starting.append(matcher)
+        # The knock that completes a sequence starts nothing else: an open sequence ending on the
+        # port its close sequence begins with would otherwise leave a close attempt behind that
+        # times out as a "failed knock" after every successful one.
+        if completed:
+            self._counters["attempts_not_started"] += len(starting)
+        else:
+            for matcher in starting:
+                self._start(source, progress, matcher, now)
         outcomes = self._failures(source, broken, went_on)
         outcomes.extend(completed)
         self._place(source, progress, touched=True)
@@ -243,15 +255,12 @@ class KnockTracker:
         self._counters["knocks_failed"] += len(broken)
         return [KnockFailed(source, a.matcher, a.stage, REASON_WRONG_PORT) for a in broken]
 
-    def _start(self, source: IPAddress, progress: Progress, matcher: Matcher, now: float) -> bool:
-        """Take the matcher's first step; True when that already completes it (one-step door)."""
-        if len(matcher.steps) == 1:
-            return True
+    def _start(self, source: IPAddress, progress: Progress, matcher: Matcher, now: float) -> None:
+        """Take the first step of a matcher of two steps or more."""
         deadline = now + matcher.door.timeout
         progress[matcher.key] = Attempt(matcher, 1, now, deadline)
         self._deadlines.schedule((source, matcher.key), deadline)
         self._counters["attempts_started"] += 1
-        return False
 
     def _reset_all(self, source: IPAddress, reason: str) -> list[KnockOutcome]:
         progress = self._fresh.pop(source, None) or self._advanced.pop(source, None) or {}

@@ -1,9 +1,14 @@
 # A real OpenSSH server inside a lab namespace, with its own throw-away host key, client key and
 # authorized_keys (all in the lab's work dir), plus the ssh client argv that logs in with that key.
 # The host's own sshd, its config and root's ~/.ssh are never read or touched.
+# With `var_log`, sshd runs with a lab directory bind-mounted over /var/log in its own mount
+# namespace, so the btmp (and wtmp) records it writes go to the lab's files, never the host's.
 from __future__ import annotations
 
+import grp
+import os
 import subprocess
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -13,6 +18,13 @@ from guardian.lab.netns import Lab, LabError
 
 SSHD = "/usr/sbin/sshd"
 PRIVSEP_DIR = Path("/run/sshd")  # Debian's sshd refuses to start without it
+# Run by the lab's own interpreter inside `ip netns exec` (which gives every command a private,
+# slave mount namespace): bind the lab directory over /var/log there only, then become sshd.
+_BIND_VAR_LOG_AND_EXEC = (
+    "import os, subprocess, sys\n"
+    "subprocess.run(['mount', '--bind', sys.argv[1], '/var/log'], check=True)\n"
+    "os.execv(sys.argv[2], sys.argv[2:])\n"
+)
 _LISTEN_TIMEOUT = 10.0
 
 
@@ -62,6 +74,23 @@ def root_account_locked(shadow: Path = Path("/etc/shadow")) -> bool:
     return False
 
 
+def prepare_var_log(directory: Path) -> Path:
+    """A lab /var/log for start_sshd(var_log=...): the directory with an empty btmp that sshd
+    will write (root-owned, group utmp, 0660 as on Debian: sshd skips a btmp with "other"
+    bits or another owner). Returns the btmp path."""
+    directory.mkdir(mode=0o755, parents=True, exist_ok=True)
+    btmp = directory / "btmp"
+    fd = os.open(btmp, os.O_WRONLY | os.O_CREAT, 0o600)
+    os.close(fd)
+    try:
+        gid = grp.getgrnam("utmp").gr_gid
+    except KeyError:
+        gid = 0
+    os.chown(btmp, 0, gid)
+    os.chmod(btmp, 0o660)
+    return btmp
+
+
 def _keygen(path: Path, comment: str) -> None:
     subprocess.run(
         ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)],
@@ -107,6 +136,7 @@ def start_sshd(
     extra_config: Mapping[str, str | Sequence[str]] | None = None,
     use_pam: bool | None = None,
     log_to_stderr: bool = True,
+    var_log: Path | None = None,
     timeout: float = _LISTEN_TIMEOUT,
 ) -> SshdHandle:
     """Start `sshd -D` in `host` and wait until it listens on v4 and v6.
@@ -114,7 +144,8 @@ def start_sshd(
     extra_config entries replace the default option of the same name (case-insensitive); a list
     value repeats the keyword. use_pam=None means "no", unless root's account is locked, where
     sshd without PAM would refuse root. log_to_stderr=False drops `-e`, so sshd logs to syslog
-    (/dev/log) for the journald/rsyslog labs.
+    (/dev/log) for the journald/rsyslog labs. var_log: a directory (see prepare_var_log) that
+    sshd sees as /var/log, so its btmp records land there and not in the host's /var/log/btmp.
     """
     directory = lab.workdir / f"sshd-{host}-{port}"
     directory.mkdir(mode=0o700)
@@ -165,6 +196,8 @@ def start_sshd(
     argv = [SSHD, "-D", "-f", str(config_path)]
     if log_to_stderr:
         argv.insert(2, "-e")
+    if var_log is not None:
+        argv = [sys.executable, "-I", "-c", _BIND_VAR_LOG_AND_EXEC, str(var_log), *argv]
     with log_path.open("ab") as log:
         proc = lab.popen(host, argv, stdout=log, stderr=log)
     handle = SshdHandle(lab, host, port, proc, directory, config_path, client_key, log_path)

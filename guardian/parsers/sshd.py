@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Literal, TypeAlias
+from typing import Literal, NamedTuple, TypeAlias
 
 from guardian.addresses import IPAddress
 from guardian.parsers.sshd_messages import Kind, Mode, SshdMessage, parse_message
@@ -45,15 +45,18 @@ _MAX_PENDING = 32
 _PAM_HELD = "pam_unix_auth_failure"
 _PAM_SESSION_CLOSED = "pam_session_closed"
 _PASSWORD_RULES = frozenset({"failed_password", "failed_keyboard_interactive"})
+_new = tuple.__new__  # builds a NamedTuple from a full tuple without its Python-level __new__
 
 
-@dataclass(frozen=True, slots=True)
-class Detection:
+class Detection(NamedTuple):
     """What the multi-line rules concluded from one line.
 
     failure: `attempts` failed login attempts from `source` (None when sshd logged a host name,
     then in `host_name`: never resolved, so never banned). success: "Accepted". session_closed:
-    an authenticated session ended (source/port from the line, or from its Accepted line)."""
+    an authenticated session ended (source/port from the line, or from its Accepted line).
+
+    A NamedTuple, like SshdMessage: immutable and typed, and about five times cheaper to build
+    than a frozen dataclass (a busy auth.log yields hundreds of thousands of these)."""
 
     kind: DetectionKind
     rule: str
@@ -84,8 +87,7 @@ class _Connection:
         return self.source is not None or self.host_name is not None
 
 
-@dataclass(frozen=True, slots=True)
-class _Session:
+class _Session(NamedTuple):
     source: IPAddress | None
     host_name: str | None
     port: int | None
@@ -131,7 +133,7 @@ class SshdDetector:
         self, pid: int | None, msg: SshdMessage, wall_time: float | None = None
     ) -> list[Detection]:
         """Like feed(), for a message already parsed (in this detector's mode)."""
-        kind = msg.kind
+        kind = msg[0]  # msg.kind (indexing: this runs for every sshd line of a big auth.log)
         if kind == "not_failure":
             return []
         if wall_time is not None:
@@ -152,63 +154,73 @@ class SshdDetector:
     def _preauth(
         self, pid: int, msg: SshdMessage, kind: Kind, wall_time: float | None
     ) -> list[Detection]:
-        conn = self._connections.get(pid)
+        _, rule, source, port, user, method, host_name, _, _, held, exhausted, closes = msg
+        connections = self._connections
+        conn = connections.get(pid)
         if conn is None:
-            if kind == "helper" and msg.closes and not msg.held:
+            if kind == "helper" and closes and not held:
                 return []  # the end of a connection we know nothing about: nothing to resolve
             conn = self._track(pid)
         else:
-            self._connections.move_to_end(pid)
+            connections.move_to_end(pid)
         conn.seen = self._latest  # a line without a time counts as seen at the latest time known
-        if msg.source is not None or msg.host_name is not None:
-            conn.source, conn.host_name = msg.source, msg.host_name
-            if msg.port is not None:
-                conn.port = msg.port
-        user = msg.user
-        if user is not None and user not in conn.users and len(conn.users) < _MAX_USERS:
-            conn.users.append(user)
+        if source is not None or host_name is not None:
+            conn.source, conn.host_name = source, host_name
+            if port is not None:
+                conn.port = port
+        users = conn.users
+        if user is not None and user not in users and len(users) < _MAX_USERS:
+            users.append(user)
 
         attempts = 0
-        rule = msg.rule
-        release = msg.exhausted
+        release = exhausted
         if kind == "failure":
             attempts = 1
-            if rule in _PASSWORD_RULES:
+            if rule in _PASSWORD_RULES and conn.held:
                 _consume_pam(conn, user)
         elif kind == "hostless_failure":
             conn.pending = min(conn.pending + 1, _MAX_PENDING)
             conn.pending_rule = rule
-            conn.pending_exhausted |= msg.exhausted
+            conn.pending_exhausted |= exhausted
             release = False
-        elif msg.held and len(conn.held) < _MAX_HELD:
+        elif held and len(conn.held) < _MAX_HELD:
             conn.held.append((user, rule == _PAM_HELD))
 
-        if conn.has_address:
+        if conn.source is not None or conn.host_name is not None:  # conn.has_address
             if conn.pending:
                 if not attempts:
                     rule = conn.pending_rule  # the failure is the host-less line's
                 attempts += conn.pending
                 release |= conn.pending_exhausted
                 conn.pending, conn.pending_exhausted = 0, False
-            if conn.held and (release or len(conn.users) > 1):
+            if conn.held and (release or len(users) > 1):
                 if not attempts:
                     rule = "several_users"
                 attempts += len(conn.held)
                 conn.held.clear()
 
-        out: list[Detection] = []
-        if attempts:
-            out.append(self._failure(pid, msg, conn, attempts, rule, wall_time))
-        if msg.closes:
-            del self._connections[pid]
-        return out
+        if closes:
+            del connections[pid]
+        if not attempts:
+            return []
+        if source is None and host_name is None:
+            source, host_name, port = conn.source, conn.host_name, conn.port
+        if user is None and users:
+            user = users[-1]
+        return [
+            _new(
+                Detection,
+                ("failure", rule, source, port, user, pid, wall_time, attempts, host_name, method),
+            )
+        ]
 
     def _accepted(self, pid: int, msg: SshdMessage, wall_time: float | None) -> list[Detection]:
+        _, rule, source, port, user, method, host_name = msg[:7]
         out: list[Detection] = []
         conn = self._connections.pop(pid, None)
         if conn is not None:
             attempts = conn.pending  # host-less failures before: the address is known now
-            if any(u != msg.user for u in conn.users):
+            if any(u != user for u in conn.users):
                 # Failed as one user, Accepted as another: the earlier attempts stand.
                 attempts += len(conn.held) + 1
             if attempts:
@@ -216,42 +228,38 @@ class SshdDetector:
                     self._failure(pid, msg, conn, attempts, "accepted_other_user", wall_time)
                 )
         out.append(
-            Detection(
-                "success",
-                msg.rule,
-                msg.source,
-                msg.port,
-                msg.user,
-                pid,
-                wall_time,
-                host_name=msg.host_name,
-                method=msg.method,
+            _new(
+                Detection,
+                ("success", rule, source, port, user, pid, wall_time, 1, host_name, method),
             )
         )
-        self._sessions[pid] = _Session(msg.source, msg.host_name, msg.port, msg.user)
-        self._sessions.move_to_end(pid)
-        while len(self._sessions) > self.max_sessions:
-            self._sessions.popitem(last=False)
+        sessions = self._sessions
+        sessions[pid] = _new(_Session, (source, host_name, port, user))
+        sessions.move_to_end(pid)
+        while len(sessions) > self.max_sessions:
+            sessions.popitem(last=False)
         return out
 
     def _session_closed(
         self, pid: int, msg: SshdMessage, wall_time: float | None
     ) -> list[Detection]:
         self._connections.pop(pid, None)
+        _, rule, source, port, user, _, host_name = msg[:7]
         # With PAM, "session closed" is the session's last line (after "Received disconnect" and
         # "Disconnected from user"); without it the entry stays until newer sessions push it out.
-        if msg.rule == _PAM_SESSION_CLOSED:
+        if rule == _PAM_SESSION_CLOSED:
             session = self._sessions.pop(pid, None)
         else:
             session = self._sessions.get(pid)
-        source, host_name, port, user = msg.source, msg.host_name, msg.port, msg.user
-        if source is None and host_name is None and session is not None:
-            source, host_name, port = session.source, session.host_name, session.port
-        if user is None and session is not None:
-            user = session.user
+        if session is not None:
+            if source is None and host_name is None:
+                source, host_name, port = session.source, session.host_name, session.port
+            if user is None:
+                user = session.user
         return [
-            Detection(
-                "session_closed", msg.rule, source, port, user, pid, wall_time, host_name=host_name
+            _new(
+                Detection,
+                ("session_closed", rule, source, port, user, pid, wall_time, 1, host_name, None),
             )
         ]
 
@@ -303,17 +311,9 @@ class SshdDetector:
         else:
             source, host_name, port = conn.source, conn.host_name, conn.port
         user = msg.user if msg.user is not None else (conn.users[-1] if conn.users else None)
-        return Detection(
-            "failure",
-            rule,
-            source,
-            port,
-            user,
-            pid,
-            wall_time,
-            attempts=attempts,
-            host_name=host_name,
-            method=msg.method,
+        return _new(
+            Detection,
+            ("failure", rule, source, port, user, pid, wall_time, attempts, host_name, msg.method),
         )
 
     def _track(self, pid: int) -> _Connection:

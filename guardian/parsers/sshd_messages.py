@@ -98,6 +98,8 @@ def _make(
 ) -> SshdMessage | None:
     source: IPAddress | None = None
     host_name: str | None = None
+    if port is not None and len(port) > 10:
+        return None  # no port sshd writes (and int() refuses thousands of digits)
     if host is not None:
         parsed = _host(host)
         if parsed is None:

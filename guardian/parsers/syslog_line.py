@@ -18,7 +18,10 @@ from typing import NamedTuple
 IDENTIFIERS = ("sshd", "sshd-session")
 
 # After the timestamp: "[host ]ident[PID]: msg", "[host ]ident: msg", "[ident]: msg", "[ident] msg".
-_TAIL = r"(?:(?P<host>\S+) )?\[?(?P<ident>sshd(?:-session)?)\]?(?:\[(?P<pid>\d+)\])?:? (?P<msg>.*)"
+_TAIL = (
+    r"(?:(?P<host>\S+) )?\[?(?P<ident>sshd(?:-session)?)\]?(?:\[(?P<pid>\d{1,10})\])?:? "
+    r"(?P<msg>.*)"
+)
 _TRADITIONAL = re.compile(
     r"(?P<mon>[A-Z][a-z]{2}) +(?P<day>\d{1,2}) (?P<hms>\d\d:\d\d:\d\d)(?P<frac>\.\d+)? " + _TAIL,
     re.S,
@@ -31,7 +34,7 @@ _RFC3339 = re.compile(
 # RFC 5424: <PRI>1 TIMESTAMP HOST APP PROCID MSGID SD MSG; SD is "-" or [..][..], values quoted
 # (a quoted value may hold "]").
 _RFC5424 = re.compile(
-    r"<\d{1,3}>1 (?P<ts>\S+) (?P<host>\S+) (?P<ident>sshd(?:-session)?) (?P<pid>\d+|-) \S+ "
+    r"<\d{1,3}>1 (?P<ts>\S+) (?P<host>\S+) (?P<ident>sshd(?:-session)?) (?P<pid>\d{1,10}|-) \S+ "
     r'(?:-|(?:\[(?:[^\]"\\]|"(?:[^"\\]|\\.)*")*\])+)(?: (?P<msg>.*))?',
     re.S,
 )
@@ -99,7 +102,7 @@ def _rsyslog_fast(line: str) -> SyslogRecord | None:
     if tag[-2:] != "]:":
         return None
     ident, _, pid = tag[:-2].partition("[")
-    if ident not in _IDENTIFIER_SET or not (pid.isdigit() and pid.isascii()):
+    if ident not in _IDENTIFIER_SET or not (pid.isdigit() and pid.isascii() and len(pid) <= 10):
         return None
     if len(stamp) < 20 or stamp[4] != "-" or stamp[10] not in ("T", " "):
         return None
@@ -161,27 +164,117 @@ def _rfc3339_stamp(stamp: str) -> float | None:
     return _rfc3339_time(m["sec"], m["frac"], m["zone"])
 
 
-_traditional_cache: dict[tuple[str, str, str, datetime], float | None] = {}
-
-
 def _traditional_time(m: re.Match[str], reference: datetime | None) -> float | None:
-    if reference is None or reference.tzinfo is None:
+    clock = traditional_clock(reference)
+    if clock is None:
         return None
-    key = (m["mon"], m["day"], m["hms"], reference)
-    seconds = _traditional_cache.get(key)
-    if seconds is None and key not in _traditional_cache:
-        if len(_traditional_cache) >= _CACHE_LIMIT:
-            _traditional_cache.clear()
-        seconds = _traditional_cache[key] = _traditional_seconds(*key)
+    # "Mon DD HH:MM:SS" is one contiguous slice of the line: the clock's memo key.
+    seconds = clock.stamp(m.string[m.start("mon") : m.end("hms")])
     frac = m["frac"]
     if seconds is None or not frac:
         return seconds
     return seconds + float(frac)
 
 
+class TraditionalClock:
+    """Places traditional timestamps ("Mar  1 00:00:00": no year, no zone) for one reference.
+
+    The year is the reference's, or the one before when that would put the line more than a day
+    after the reference (December's lines read in January). Speed: a line's second is memoised
+    by its text, and a miss costs no zone lookup when its hour is known: within an hour whose
+    UTC offset does not change, a time is the hour's start plus minutes and seconds (the hours
+    around a daylight-saving change are computed second by second)."""
+
+    __slots__ = ("_hours", "_limit", "_year", "_zone", "memo")
+
+    def __init__(self, reference: datetime) -> None:
+        zone = reference.tzinfo
+        if zone is None:
+            raise ValueError("reference must be an aware datetime")
+        self._zone: tzinfo = zone
+        self._year = reference.year
+        self._limit = reference.timestamp() + _FUTURE_SLACK.total_seconds()
+        # stamp text -> seconds; bulk callers may read it directly (stamp() fills it)
+        self.memo: dict[str, float | None] = {}
+        self._hours: dict[tuple[int, int, int, int], float | None] = {}
+
+    def stamp(self, text: str) -> float | None:
+        """Seconds since the epoch of "Mon D HH:MM:SS" (day padded with spaces or not; digits
+        as the line's regex matched them), None when it names no real local time."""
+        memo = self.memo
+        seconds = memo.get(text, _MISSING)
+        if seconds is _MISSING:
+            if len(memo) >= _CACHE_LIMIT:
+                memo.clear()
+            day, _, hms = text[3:].lstrip(" ").partition(" ")
+            seconds = memo[text] = self.seconds(text[:3], day, hms)
+        return seconds  # type: ignore[return-value]
+
+    def seconds(self, mon: str, day: str, hms: str) -> float | None:
+        month = _MONTHS.get(mon)
+        if month is None or len(hms) != 8:
+            return None
+        try:
+            day_number = int(day)
+            hour, minute, second = int(hms[0:2]), int(hms[3:5]), int(hms[6:8])
+        except ValueError:
+            return None
+        if not (0 <= minute < 60 and 0 <= second < 60):
+            return None  # datetime() would refuse them too
+        offset = minute * 60 + second
+        seconds = self._place(self._year, month, day_number, hour, offset, hms)
+        if seconds is not None and seconds > self._limit:
+            seconds = self._place(self._year - 1, month, day_number, hour, offset, hms)
+        return seconds
+
+    def _place(
+        self, year: int, month: int, day: int, hour: int, offset: int, hms: str
+    ) -> float | None:
+        key = (year, month, day, hour)
+        hours = self._hours
+        start = hours.get(key, _MISSING)
+        if start is _MISSING:
+            if len(hours) >= _CACHE_LIMIT:
+                hours.clear()
+            start = hours[key] = self._linear_hour(year, month, day, hour)
+        if start is None:
+            return _local_seconds(year, month, day, hms, self._zone)  # invalid, or a DST hour
+        return start + offset  # type: ignore[operator]
+
+    def _linear_hour(self, year: int, month: int, day: int, hour: int) -> float | None:
+        """The hour's first second when its UTC offset is the same all through it, else None."""
+        first = _local_seconds(year, month, day, f"{hour:02d}:00:00", self._zone)
+        if first is None:
+            return None
+        middle = _local_seconds(year, month, day, f"{hour:02d}:30:00", self._zone)
+        last = _local_seconds(year, month, day, f"{hour:02d}:59:59", self._zone)
+        if middle is None or last is None or middle - first != 1800 or last - first != 3599:
+            return None
+        return first
+
+
+_MISSING = object()
+_clocks: dict[tuple[datetime, tzinfo | None, int], TraditionalClock] = {}
+
+
+def traditional_clock(reference: datetime | None) -> TraditionalClock | None:
+    """The (memoised) clock for a reference; None without an aware reference. Keyed by zone and
+    fold too: aware datetimes of different zones compare equal when they name the same instant,
+    but place traditional timestamps differently."""
+    if reference is None or reference.tzinfo is None:
+        return None
+    key = (reference, reference.tzinfo, reference.fold)
+    clock = _clocks.get(key)
+    if clock is None:
+        if len(_clocks) >= 64:
+            _clocks.clear()
+        clock = _clocks[key] = TraditionalClock(reference)
+    return clock
+
+
 def _traditional_seconds(mon: str, day: str, hms: str, reference: datetime) -> float | None:
-    """The year is the reference's, or the one before when that would put the line more than a
-    day after the reference (December's lines read in January)."""
+    """The definition TraditionalClock implements quickly (kept for tests): the reference's
+    year, or the one before when that would put the line more than a day after the reference."""
     month = _MONTHS.get(mon)
     zone = reference.tzinfo
     if month is None or zone is None:
@@ -196,8 +289,14 @@ def _local_seconds(year: int, month: int, day: int, hms: str, zone: tzinfo) -> f
     try:
         hour, minute, second = int(hms[0:2]), int(hms[3:5]), int(hms[6:8])
         return datetime(year, month, day, hour, minute, second, tzinfo=zone).timestamp()
-    except ValueError:  # Feb 29 in a common year, hour 24, ...
+    except (ValueError, OverflowError):  # Feb 29 in a common year, hour 24, year 0, ...
         return None
 
 
-__all__ = ["IDENTIFIERS", "SyslogRecord", "parse_syslog_line"]
+__all__ = [
+    "IDENTIFIERS",
+    "SyslogRecord",
+    "TraditionalClock",
+    "parse_syslog_line",
+    "traditional_clock",
+]

@@ -49,6 +49,8 @@ JOURNAL_SOCKET = Path("/run/systemd/journal/socket")  # answers while journald r
 SYSTEM_JOURNAL_DIRS = (Path("/run/log/journal"), Path("/var/log/journal"))
 
 STAT_KEYS = (
+    "untrusted",  # records not sent by a root sshd / sshd-session process (forged), dropped
+    "foreign_netns",  # records of an sshd living in another network namespace, dropped
     "reads",  # read_records calls
     "records",  # records returned by read_records
     "invalidations",  # process() said journal files were added or removed (rotation, vacuum)
@@ -59,15 +61,20 @@ STAT_KEYS = (
 )
 
 
+TRUSTED_COMMANDS = ("sshd", "sshd-session")  # _COMM values of the processes we believe
+
+
 @dataclass(frozen=True)
 class JournalRecord:
     """One sshd line from the journal, unparsed."""
 
-    identifier: str  # SYSLOG_IDENTIFIER: "sshd" or "sshd-session"
-    pid: int  # SYSLOG_PID (else _PID); 0 if the entry carries neither
+    identifier: str  # SYSLOG_IDENTIFIER: "sshd" or "sshd-session" (sender-chosen)
+    pid: int  # _PID (journald's, trusted; else SYSLOG_PID); 0 if the entry carries neither
     message: str  # MESSAGE, UTF-8 (undecodable bytes replaced)
     realtime: float  # wall-clock seconds (journald's receive time)
     cursor: str  # __CURSOR: save the last one to resume after a restart
+    command: str = ""  # _COMM: the sending process's name, as journald saw it (trusted)
+    uid: int | None = None  # _UID: the sending process's user (trusted)
 
 
 class FastPollTimer:
@@ -99,6 +106,14 @@ class FastPollTimer:
         return max(now, min(self._last_read + self.interval, self._active_until))
 
 
+def _netns_inode(pid: int) -> int | None:
+    """The inode of a process's network namespace, or None when it cannot be read (gone)."""
+    try:
+        return os.stat(f"/proc/{pid}/ns/net").st_ino
+    except OSError:
+        return None
+
+
 class JournalWatcher:
     """sshd's journal lines for one event loop: fd plus a short timer while active.
 
@@ -115,7 +130,18 @@ class JournalWatcher:
         fast_interval: float = FAST_INTERVAL,
         active_for: float = ACTIVE_FOR,
         journal_socket: Path | None = JOURNAL_SOCKET,
+        own_netns_only: bool = True,
+        trusted_commands: Sequence[str] | None = TRUSTED_COMMANDS,
     ) -> None:
+        # SYSLOG_IDENTIFIER is chosen by the sender: any local user can `logger -t sshd` a fake
+        # "Accepted ..." line. Only lines that journald itself saw come from a root process named
+        # sshd / sshd-session (_COMM, _UID: fields the sender cannot set) are believed. None
+        # turns the check off (tests reading their own `logger` lines).
+        self._trusted_commands = None if trusted_commands is None else frozenset(trusted_commands)
+        # The journal is one per machine, but network namespaces (containers, labs) each have
+        # their own sshd and their own guardian: lines of an sshd living in another namespace
+        # are not ours. A process already gone cannot be asked and is kept.
+        self._own_netns = _netns_inode(os.getpid()) if own_netns_only else None
         idents = tuple(identifiers)
         if not idents or any(not i or "=" in i or "\n" in i for i in idents):
             raise ValueError(f"identifiers must be non-empty names, got {identifiers!r}")
@@ -222,12 +248,27 @@ class JournalWatcher:
         self._counts["sliced"] += int(self._more_pending)
         if records:
             self._last_cursor = records[-1].cursor
+        records = self._ours(records)
         if now is None:
             now = time.monotonic()
         self.timer.note_read(now)
         if records:
             self.timer.note_activity(now)
         return records
+
+    def _ours(self, records: list[JournalRecord]) -> list[JournalRecord]:
+        """Drop records not written by a root sshd (forged), and those of an sshd living in
+        another network namespace."""
+        if self._trusted_commands is not None and records:
+            trusted = self._trusted_commands
+            genuine = [r for r in records if r.command in trusted and r.uid == 0]
+            self._counts["untrusted"] += len(records) - len(genuine)
+            records = genuine
+        if self._own_netns is None or not records:
+            return records
+        kept = [r for r in records if _netns_inode(r.pid) in (None, self._own_netns)]
+        self._counts["foreign_netns"] += len(records) - len(kept)
+        return kept
 
     def history(self, since_realtime: float, max_records: int = MAX_RECORDS) -> list[JournalRecord]:
         """Records from `since_realtime` (wall seconds) up to where the live reading started,
@@ -256,6 +297,7 @@ class JournalWatcher:
         finally:
             reader.close()
         found.reverse()
+        found = self._ours(found)
         self._counts["history_records"] += len(found)
         return found
 
@@ -332,18 +374,22 @@ class JournalWatcher:
 
 def _record(reader: Any) -> JournalRecord:
     fields = {}
-    for name in ("SYSLOG_IDENTIFIER", "SYSLOG_PID", "_PID", "MESSAGE"):
+    for name in ("SYSLOG_IDENTIFIER", "SYSLOG_PID", "_PID", "_COMM", "_UID", "MESSAGE"):
         try:
             fields[name] = bytes(reader._get(name)).decode("utf-8", errors="replace")
         except KeyError:
             fields[name] = ""
-    pid_text = fields["SYSLOG_PID"] if fields["SYSLOG_PID"].isdigit() else fields["_PID"]
+    # _PID, _COMM and _UID are journald's own (trusted) fields, taken from the sending process;
+    # SYSLOG_PID and SYSLOG_IDENTIFIER are whatever the sender wrote (`logger --id -t sshd`).
+    pid_text = fields["_PID"] if fields["_PID"].isdigit() else fields["SYSLOG_PID"]
     return JournalRecord(
         identifier=fields["SYSLOG_IDENTIFIER"],
         pid=int(pid_text) if pid_text.isdigit() else 0,
         message=fields["MESSAGE"],
         realtime=int(reader._get_realtime()) / 1e6,
         cursor=str(reader._get_cursor()),
+        command=fields["_COMM"],
+        uid=int(fields["_UID"]) if fields["_UID"].isdigit() else None,
     )
 
 

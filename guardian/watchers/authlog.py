@@ -1,0 +1,211 @@
+# The auth.log watcher: sshd's lines from a syslog file (Debian's /var/log/auth.log, written by
+# rsyslog) as engine events, for one event loop (fileno / read_events). It follows the file by name
+# with inotify (guardian.watchers.tail: rename and copytruncate rotation, resume), splits whole
+# lines, parses them with the pure guardian.parsers.syslog_line and feeds sshd's messages through
+# one SshdDetector (its per-PID state spans reads). It decides nothing about bans or sessions.
+#
+# Why this shape (spec/sshd-events.md §1, §4):
+# - Failures become AuthFailed(origin="authlog") with the detector's rule and attempt count; a
+#   failure whose line names a host instead of an address (UseDNS yes) is counted, never resolved.
+# - Successes and session ends become SessionOpened / SessionClosed (the same mapping as the
+#   journal's, guardian.watchers.sshd_log), so a host with auth.log but no journal still sees
+#   sessions; `sessions=False` leaves them to the journal watcher.
+# - Lines are split on "\n" only (never str.splitlines, which also breaks on \x1c, \u2028 ...: bytes
+#   an attacker can put in a user name); invalid UTF-8 is replaced, counted, and still parsed.
+# - A traditional timestamp ("Mar  1 00:00:00") has no year and no zone: the reference is the
+#   file's modification time (floored to the hour, so the parser's memo stays warm) in `zone`
+#   (default: the system's local zone from /etc/localtime). Every line in the file is older than
+#   its mtime, so "the mtime's year, or the one before" places each line right, even when the
+#   watcher resumes old lines after a restart. RFC 3339 lines (Debian 12's rsyslog) need nothing.
+# - Nothing in a line can make read_events() raise: an unexpected parser error is counted.
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime, tzinfo
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+from guardian.events import AuthFailed, SessionClosed, SessionOpened
+from guardian.parsers.sshd import Detection, SshdDetector
+from guardian.parsers.sshd_messages import Mode
+from guardian.parsers.syslog_line import parse_syslog_line
+from guardian.watchers.sshd_log import detection_to_event
+from guardian.watchers.tail import MAX_BYTES, ROTATE_GRACE, FileFollower
+
+AUTH_LOG = "/var/log/auth.log"
+ORIGIN = "authlog"
+LOCALTIME = Path("/etc/localtime")
+MODES: tuple[Mode, ...] = ("normal", "aggressive")
+
+AuthLogEvent = AuthFailed | SessionOpened | SessionClosed
+
+STAT_KEYS = (
+    "lines",  # whole lines read
+    "sshd_lines",  # lines written by sshd or sshd-session
+    "other",  # lines of other programs (or not syslog lines at all)
+    "undecodable",  # lines with invalid UTF-8 (parsed with replacement characters)
+    "untimed",  # sshd lines whose timestamp could not be placed (wall_time None)
+    "errors",  # lines whose parsing raised (a parser bug; the line is skipped)
+    "failures",  # AuthFailed events produced
+    "no_address",  # failures whose line names a host, not an address (UseDNS yes)
+    "sessions_opened",  # SessionOpened events produced
+    "sessions_closed",  # SessionClosed events produced
+)
+
+_HOUR = 3600
+
+
+def local_zone(localtime: Path = LOCALTIME) -> tzinfo:
+    """The system's zone (with its daylight-saving rules), UTC if it cannot be read."""
+    try:
+        with localtime.open("rb") as source:
+            return ZoneInfo.from_file(source, key="localtime")
+    except (OSError, ValueError):
+        return UTC
+
+
+def failure_event(detection: Detection, origin: str = ORIGIN) -> AuthFailed | None:
+    """A failure detection as AuthFailed (None when it has no address: a host name)."""
+    if detection.kind != "failure" or detection.source is None:
+        return None
+    return AuthFailed(
+        source=detection.source,
+        origin=origin,
+        rule=detection.rule,
+        user=detection.user,
+        pid=detection.pid,
+        wall_time=detection.wall_time,
+        attempts=detection.attempts,
+    )
+
+
+class AuthLogWatcher:
+    """sshd's failures (and sessions) from a syslog file.
+
+    mode: "normal" or "aggressive" (the detector's rule set). start: a position() saved
+    earlier, or None to start at the end of the file (a file created later is read from 0).
+    WatcherError when the directory cannot be watched or the file cannot be read."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str] = AUTH_LOG,
+        mode: str = "normal",
+        start: str | None = None,
+        *,
+        sessions: bool = True,
+        zone: tzinfo | None = None,
+        max_bytes: int = MAX_BYTES,
+        rotate_grace: float = ROTATE_GRACE,
+    ) -> None:
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+        self.mode: Mode = "aggressive" if mode == "aggressive" else "normal"
+        self.sessions = sessions
+        self.zone = zone if zone is not None else local_zone()
+        self.detector = SshdDetector(self.mode)
+        self._follower = FileFollower(
+            path, start=start, max_bytes=max_bytes, rotate_grace=rotate_grace
+        )
+        self.path = self._follower.path
+        self._counts = dict.fromkeys(STAT_KEYS, 0)
+        self._reference_hour: float | None = None
+        self._reference: datetime | None = None
+
+    def fileno(self) -> int:
+        """Wait for this fd to be readable, then call read_events()."""
+        return self._follower.fileno()
+
+    @property
+    def more_pending(self) -> bool:
+        """The last read stopped at max_bytes: call read_events() again soon."""
+        return self._follower.more_pending
+
+    def read_events(self) -> list[AuthLogEvent]:
+        """Events from the lines appended since the last call, in file order."""
+        data = self._follower.read()
+        if not data:
+            return []
+        text = data.decode("utf-8", "replace")
+        lines = text.split("\n")
+        if lines[-1] == "":
+            lines.pop()  # the follower returns whole lines: the text ends with "\n"
+        return self.feed_lines(lines)
+
+    def feed_lines(self, lines: list[str]) -> list[AuthLogEvent]:
+        """Parse lines (without their newline) through this watcher's detector; for read_events
+        and for tests. Counts as read_events does."""
+        counts = self._counts
+        counts["lines"] += len(lines)
+        reference = self._current_reference()
+        detector = self.detector
+        out: list[AuthLogEvent] = []
+        for line in lines:
+            if "\ufffd" in line:
+                counts["undecodable"] += 1
+            try:
+                record = parse_syslog_line(line, reference=reference)
+                if record is None:
+                    counts["other"] += 1
+                    continue
+                counts["sshd_lines"] += 1
+                if record.wall_time is None:
+                    counts["untimed"] += 1
+                detections = detector.feed(record.pid, record.message, record.wall_time)
+            except Exception:  # one line must never stop the watcher
+                counts["errors"] += 1
+                continue
+            for detection in detections:
+                self._map(detection, out)
+        return out
+
+    def position(self) -> str:
+        """Save this after handling read_events()'s result; pass it as `start` after a restart."""
+        return self._follower.position()
+
+    def stats(self) -> dict[str, int]:
+        """This watcher's counters plus the follower's (rotations, truncations, ...)."""
+        return {**self._follower.stats(), **self._counts}
+
+    def close(self) -> None:
+        self._follower.close()
+
+    def __enter__(self) -> AuthLogWatcher:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    # -- internals ---------------------------------------------------------------------------
+    def _map(self, detection: Detection, out: list[AuthLogEvent]) -> None:
+        counts = self._counts
+        if detection.kind == "failure":
+            failed = failure_event(detection)
+            if failed is None:
+                counts["no_address"] += 1
+            else:
+                counts["failures"] += 1
+                out.append(failed)
+            return
+        if not self.sessions:
+            return
+        event = detection_to_event(detection)
+        if isinstance(event, SessionOpened):
+            counts["sessions_opened"] += 1
+            out.append(event)
+        elif isinstance(event, SessionClosed):
+            counts["sessions_closed"] += 1
+            out.append(event)
+
+    def _current_reference(self) -> datetime:
+        """The reference for traditional timestamps: the file's mtime, floored to the hour."""
+        mtime = self._follower.mtime
+        if mtime is None:
+            mtime = datetime.now(UTC).timestamp()  # no file open: lines are fed by hand
+        hour = mtime - mtime % _HOUR
+        if hour != self._reference_hour or self._reference is None:
+            self._reference_hour = hour
+            self._reference = datetime.fromtimestamp(hour, self.zone)
+        return self._reference
+
+
+__all__ = ["AUTH_LOG", "AuthLogEvent", "AuthLogWatcher", "failure_event", "local_zone"]
