@@ -10,7 +10,13 @@ import sys
 from collections.abc import Sequence
 
 from guardian import __version__
-from guardian.config import DEFAULT_CONFIG_PATH, DEFAULT_CONTROL_SOCKET, Config, KnockStep
+from guardian.config import (
+    DEFAULT_CONFIG_PATH,
+    DEFAULT_CONTROL_SOCKET,
+    DEFAULT_STATE_PATH,
+    Config,
+    KnockStep,
+)
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
@@ -41,6 +47,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         read_group=args.read_group,
         use_conntrack=not args.no_conntrack,
         use_journal=not args.no_journal,
+        state_path=args.state,
+        btmp_path=args.btmp,
+        authlog_path=args.auth_log,
     )
     try:
         return Daemon(config, options=options).run()
@@ -146,6 +155,64 @@ def cmd_flush(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_ban(args: argparse.Namespace) -> int:
+    from guardian.control_client import ControlClientError, request
+
+    command: dict[str, object] = {"cmd": "unban" if args.unban else "ban", "source": args.address}
+    if not args.unban and args.duration:
+        command["duration"] = args.duration
+    try:
+        request(args.socket, command)
+    except ControlClientError as exc:
+        print(f"guardian: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    print(f"{command['cmd']} {args.address}: done")
+    return EXIT_OK
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    import json
+    import time
+    from pathlib import Path
+
+    from guardian.config import Config, parse_duration
+    from guardian.replay import replay_file, replay_journal
+
+    config = Config()
+    if args.config is not None:
+        loaded = _load(args.config)
+        if loaded is None:
+            return EXIT_USAGE
+        config = loaded
+    mode = args.mode or config.ban.mode
+    try:
+        if args.journal:
+            since = time.time() - parse_duration(args.since)
+            report = replay_journal(config, since, mode)
+        else:
+            report = replay_file(Path(args.file), config, mode)
+    except (OSError, ValueError) as exc:
+        print(f"guardian: replay: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))
+        return EXIT_OK
+    unit = "records" if report.kind == "btmp" else "lines"
+    print(f"{report.kind}: {report.units} {unit}, {report.failures} failure(s) "
+          f"from {len(report.sources)} source(s)")  # fmt: skip
+    for rule, count in report.by_rule.most_common():
+        print(f"  {count:>9}  {rule}")
+    if report.skipped_no_address:
+        print(f"  {report.skipped_no_address:>9}  skipped: host name instead of an address")
+    print(f"would ban {len(report.bans)} time(s), {len(set(report.banned_networks()))} source(s)")
+    for at, ban in report.bans[: args.show]:
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
+        print(f"  {stamp}  {ban.network}  offence {ban.offence}  {ban.timeout:g}s")
+    if len(report.bans) > args.show:
+        print(f"  ... {len(report.bans) - args.show} more (--show N, or --json)")
+    return EXIT_OK
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from guardian.lab.demo import run_demo
 
@@ -177,6 +244,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--no-journal", action="store_true", help="don't read sshd's lines from the journal"
     )
+    p.add_argument("--state", default=DEFAULT_STATE_PATH, help="state store (sqlite) path")
+    p.add_argument("--btmp", default="/var/log/btmp", help="btmp file to follow")
+    p.add_argument("--auth-log", default="/var/log/auth.log", help="auth.log file to follow")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("check", help="validate a config and print the effective one")
@@ -204,6 +274,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_flush)
 
     add_status_commands(sub)
+
+    for name, unban in (("ban", False), ("unban", True)):
+        p = sub.add_parser(name, help=f"{name} an address or network now (through the daemon)")
+        p.add_argument("address")
+        if not unban:
+            p.add_argument("--for", dest="duration", help="how long, e.g. 1h (default: escalated)")
+        p.add_argument("-s", "--socket", default=DEFAULT_CONTROL_SOCKET)
+        p.set_defaults(func=cmd_ban, unban=unban)
+
+    p = sub.add_parser("replay", help="what the ban rules would do with a log (offline)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("file", nargs="?", help="an auth.log or a btmp file")
+    source.add_argument("--journal", action="store_true", help="sshd's lines in the journal")
+    p.add_argument("--since", default="1d", help="with --journal: how far back (default 1d)")
+    p.add_argument("--mode", choices=["normal", "aggressive"])
+    p.add_argument("-c", "--config", default=None, help="config whose [ban] rules to apply")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--show", type=int, default=20, help="bans to list")
+    p.set_defaults(func=cmd_replay)
 
     p = sub.add_parser("demo", help="run the narrated lab demo (root; network namespaces)")
     p.add_argument("--fast", action="store_true", help="skip the pauses between steps")

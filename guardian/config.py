@@ -35,6 +35,9 @@ DEFAULT_CONTROL_SOCKET = "/run/guardian/control.sock"  # the daemon's JSON-lines
 # signal when it does not: then a session's end is seen within SOCKETS_FALLBACK_INTERVAL.
 SOCKETS_RECONCILE_INTERVAL = 30.0
 SOCKETS_FALLBACK_INTERVAL = 2.0
+# Watcher positions (btmp and auth.log offsets, the journal cursor) are saved this often when they
+# moved, and at shutdown: a crash replays at most this much, and counts nothing twice (findtime).
+POSITION_SAVE_INTERVAL = 1.0
 # A journal wake-up with no sshd line mutes the journal's fd this long (idle cost; see daemon.py).
 JOURNAL_MUTE = 1.0
 # How far back the journal is searched at start-up for the "Accepted" lines of live sessions.

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import gc
+import ipaddress
 import logging
 import os
 import selectors
@@ -31,7 +33,9 @@ from guardian.actions import Action, Notice
 from guardian.addresses import parse_address
 from guardian.config import (
     DEFAULT_CONTROL_SOCKET,
+    DEFAULT_STATE_PATH,
     JOURNAL_MUTE,
+    POSITION_SAVE_INTERVAL,
     SESSION_HISTORY,
     SOCKETS_FALLBACK_INTERVAL,
     SOCKETS_RECONCILE_INTERVAL,
@@ -42,22 +46,35 @@ from guardian.configfile import ConfigError, load_config
 from guardian.control import ControlError, ControlServer
 from guardian.effectors.nft import NftEffector, NftError
 from guardian.effectors.nft_rules import commands_for
+from guardian.effectors.state import StateStore
 from guardian.engine import Engine
 from guardian.events import (
+    BanFound,
+    BanRequested,
     ConnectionClosed,
     ConnectionOpened,
     ConnectionsListed,
     Event,
     GrantFound,
     GrantRequested,
+    OffencesLoaded,
     RevokeRequested,
     SessionOpened,
     SignalsChanged,
+    UnbanRequested,
 )
 from guardian.notices import RateLimiter, format_notice
-from guardian.snapshot import RecentEvents, WatcherStatus, build_status, event_from_notice
+from guardian.snapshot import (
+    BanInfo,
+    RecentEvents,
+    WatcherStatus,
+    build_status,
+    event_from_notice,
+)
 from guardian.sshd_probe import read_login_grace_time
 from guardian.watchers import WatcherError
+from guardian.watchers.authlog import AuthLogWatcher
+from guardian.watchers.btmp import BtmpWatcher
 from guardian.watchers.conntrack import ConntrackWatcher
 from guardian.watchers.journal import JournalWatcher
 from guardian.watchers.knock import KnockWatcher
@@ -77,6 +94,9 @@ class DaemonOptions:
     read_group: str | None = None
     use_conntrack: bool = True
     use_journal: bool = True
+    state_path: str = DEFAULT_STATE_PATH
+    btmp_path: str = "/var/log/btmp"
+    authlog_path: str = "/var/log/auth.log"
 
 
 @dataclass
@@ -135,15 +155,23 @@ class Daemon:
         self.limiter = RateLimiter()
         self.recent = RecentEvents()
         self.started_at = clock()
+        self.started_wall = wall_clock()
         self._selector = selectors.DefaultSelector()
         self._knock: KnockWatcher | None = None
         self._conntrack: ConntrackWatcher | None = None
         self._journal: JournalWatcher | None = None
         self._journal_muted_until: float | None = None
-        self._sshd_log = SshdLogAdapter()
+        self._sshd_log = SshdLogAdapter(
+            self.config.ban.mode, failures="journal" in self.config.ban.sources
+        )
         self._sockets = SocketTableWatcher(self.config.guard.ports, SOCKETS_RECONCILE_INTERVAL)
         self._next_socket_poll = 0.0
         self._control: ControlServer | None = None
+        self._store: StateStore | None = None
+        self._btmp: BtmpWatcher | None = None
+        self._authlog: AuthLogWatcher | None = None
+        self._next_position_save = 0.0
+        self._saved_positions: dict[str, str | None] = {}
         self._down: dict[str, str] = {}  # watcher name -> why it is not delivering
         self._stopping = False
         self._signals: list[int] = []
@@ -154,27 +182,75 @@ class Daemon:
     def start(self) -> None:
         """Install the table, adopt what the kernel already has, open the watchers."""
         self.nft.install(self.config)
-        now = self.clock()
-        actions: list[Action] = []
+        self._store = StateStore(self.options.state_path)
+        now, wall = self.clock(), self.wall_clock()
+        self.started_wall = wall
+        actions = self.engine.feed(OffencesLoaded(self._store.load_offences()), now, wall=wall)
+        # Adopting bans is one step whatever their number (100k in well under a second); the
+        # collector only slows the many small objects down, so it waits.
+        gc.disable()
+        try:
+            found = [BanFound(network, left) for network, left in self.nft.list_bans()]
+            actions += self.engine.adopt_bans(found, now, wall=wall)
+        finally:
+            gc.enable()
+        if found:
+            log.info("adopted %d ban(s) already in the kernel", len(found))
         adopted = self.nft.list_grants()
         for source, expires_in in adopted:
-            actions += self.engine.feed(GrantFound(source, expires_in), now)
+            actions += self._feed(GrantFound(source, expires_in), now)
         if adopted:
             log.info("adopted %d grant(s) already in the kernel", len(adopted))
         # conntrack needs the table first: its `ct state` rule is what loads connection tracking.
         self._open_conntrack()
         self._open_journal()
-        actions += self.engine.feed(self._signals_event(), now)
+        self._open_failure_logs()
+        actions += self._feed(self._signals_event(), now)
         listing = self._initial_listing()
-        actions += self.engine.feed(listing, now)
+        actions += self._feed(listing, now)
         actions += self._feed_all(self._sessions_from_history(listing), now)
         self._apply(actions, now)
         self._next_socket_poll = now + self._socket_interval()
+        self._next_position_save = now + POSITION_SAVE_INTERVAL
         self._knock = _knock_watcher_for(self.config)
         if self._knock is not None:
             self._selector.register(self._knock, selectors.EVENT_READ, self._on_knock_readable)
         self._open_control()
         self._install_signal_handlers()
+
+    def _open_failure_logs(self) -> None:
+        """btmp and auth.log, as [ban] sources asks; each is optional (it may not exist)."""
+        assert self._store is not None
+        sources = self.config.ban.sources
+        if "btmp" in sources:
+            try:
+                btmp = BtmpWatcher(self.options.btmp_path, self._store.get_position("btmp"))
+            except (WatcherError, ValueError) as exc:
+                self._down["btmp"] = str(exc)
+                log.warning("btmp unavailable: %s", exc)
+            else:
+                self._btmp = btmp
+                self._selector.register(btmp, selectors.EVENT_READ, self._on_btmp_readable)
+        else:
+            self._down["btmp"] = "not in [ban] sources"
+        if "authlog" in sources:
+            try:
+                authlog = AuthLogWatcher(
+                    self.options.authlog_path,
+                    self.config.ban.mode,
+                    self._store.get_position("authlog"),
+                    # The journal carries the same session lines, sooner; auth.log speaks for
+                    # sessions only when the journal cannot.
+                    sessions=self._journal is None,
+                )
+            except (WatcherError, ValueError) as exc:
+                self._down["authlog"] = str(exc)
+                log.warning("auth.log unavailable: %s", exc)
+            else:
+                self._authlog = authlog
+                self._selector.register(authlog, selectors.EVENT_READ, self._on_authlog_readable)
+        else:
+            self._down["authlog"] = "not in [ban] sources"
 
     def _open_conntrack(self) -> None:
         if not self.options.use_conntrack:
@@ -198,7 +274,8 @@ class Daemon:
         if not self.options.use_journal:
             self._down["journal"] = "disabled by option"
             return
-        watcher = JournalWatcher()
+        assert self._store is not None
+        watcher = JournalWatcher(cursor=self._store.get_position("journal"))
         try:
             watcher.open()
         except WatcherError as exc:
@@ -287,6 +364,10 @@ class Daemon:
 
     def _next_deadline(self, now: float) -> float | None:
         deadlines = [self.engine.get_timer(), self._next_socket_poll]
+        if any(w is not None and w.more_pending for w in (self._btmp, self._authlog)):
+            deadlines.append(now)
+        if self._saved_positions_stale():
+            deadlines.append(self._next_position_save)
         if self._journal is not None:
             deadlines.append(self._journal.next_poll(now))
             deadlines.append(self._journal_muted_until)
@@ -308,13 +389,20 @@ class Daemon:
         actions = self._feed_all(pending, now)
         engine_deadline = self.engine.get_timer()
         if engine_deadline is not None and engine_deadline <= now:
-            actions += self.engine.handle_timer(now)
+            actions += self.engine.handle_timer(now, wall=self.wall_clock())
         self._apply(actions, now)
         if (pending or actions) and self._control is not None:
             self._control.invalidate()
         self._handle_signals()
 
     def _poll_due(self, now: float, journal_read: bool) -> None:
+        # A follower that stopped at its per-read cap gets no new inotify event for what is
+        # already written: read on until it has caught up (each read is bounded).
+        if self._btmp is not None and self._btmp.more_pending:
+            self._on_btmp_readable(0)
+        if self._authlog is not None and self._authlog.more_pending:
+            self._on_authlog_readable(0)
+        self._save_positions(now)
         if now >= self._next_socket_poll:
             listing = self._poll_sockets()
             if listing is not None:
@@ -327,6 +415,15 @@ class Daemon:
             due = self._journal.next_poll(now)
             if due is not None and due <= now:
                 self._read_journal(now)
+
+    def _saved_positions_stale(self) -> bool:
+        """Is there a position to save? (Only then does saving deserve a wake-up.)"""
+        current = {
+            "btmp": None if self._btmp is None else self._btmp.position(),
+            "authlog": None if self._authlog is None else self._authlog.position(),
+            "journal": None if self._journal is None else self._journal.last_cursor,
+        }
+        return any(v is not None and self._saved_positions.get(k) != v for k, v in current.items())
 
     def _socket_interval(self) -> float:
         # The socket table is a slow reconciliation while conntrack delivers, and the whole
@@ -409,8 +506,43 @@ class Daemon:
         except WatcherError as exc:
             self._count_watcher_error("journal", exc)
             return False
-        self.queue(self._sshd_log.events(records))
+        # Session lines from before this start are history (start-up asked history() for the
+        # live ones); failures are the engine's to judge by their time.
+        self.queue(self._sshd_log.events(records, sessions_since=self.started_wall - 5.0))
         return bool(records)
+
+    def _on_btmp_readable(self, _mask: int) -> None:
+        if self._btmp is None:
+            return
+        try:
+            self.queue(self._btmp.read_events())
+        except WatcherError as exc:
+            self._count_watcher_error("btmp", exc)
+
+    def _on_authlog_readable(self, _mask: int) -> None:
+        if self._authlog is None:
+            return
+        try:
+            self.queue(self._authlog.read_events())
+        except WatcherError as exc:
+            self._count_watcher_error("authlog", exc)
+
+    def _save_positions(self, now: float, *, force: bool = False) -> None:
+        """Persist where each log was read up to, when it moved (batched, one transaction)."""
+        if self._store is None or (not force and now < self._next_position_save):
+            return
+        self._next_position_save = now + POSITION_SAVE_INTERVAL
+        positions: dict[str, str | None] = {}
+        if self._btmp is not None:
+            positions["btmp"] = self._btmp.position()
+        if self._authlog is not None:
+            positions["authlog"] = self._authlog.position()
+        if self._journal is not None and self._journal.last_cursor is not None:
+            positions["journal"] = self._journal.last_cursor
+        changed = {k: v for k, v in positions.items() if self._saved_positions.get(k) != v}
+        if changed:
+            self._store.set_positions(changed)
+            self._saved_positions.update(changed)
 
     def _on_wakeup_readable(self, _mask: int) -> None:
         try:
@@ -420,15 +552,20 @@ class Daemon:
             if exc.errno not in (errno.EAGAIN, errno.EWOULDBLOCK):
                 raise
 
+    def _feed(self, event: Event, now: float) -> list[Action]:
+        # The wall clock goes with every step: the ban rules compare sshd's log times to it.
+        return self.engine.feed(event, now, wall=self.wall_clock())
+
     def _feed_all(self, events: Sequence[Event], now: float) -> list[Action]:
         actions: list[Action] = []
+        wall = self.wall_clock()
         for event in events:
-            actions += self.engine.feed(event, now)
+            actions += self.engine.feed(event, now, wall=wall)
         return actions
 
     def _apply(self, actions: list[Action], now: float) -> None:
         """Execute one engine step's actions: the firewall in one transaction, then the notices."""
-        commands = commands_for(actions)
+        commands = commands_for(actions, ipv6_prefix=self.config.ban.ipv6_prefix)
         if commands:
             try:
                 self.nft.apply(commands)
@@ -438,6 +575,8 @@ class Daemon:
                 # timeouts; the next refresh of a live session retries.
                 self.stats.nft_errors += 1
                 log.error("nftables refused a batch of %d command(s): %s", len(commands), exc)
+        if self._store is not None:
+            self._store.apply(actions)  # offence histories; after the kernel had its say
         for action in actions:
             if isinstance(action, Notice):
                 self._announce(action, now)
@@ -479,6 +618,8 @@ class Daemon:
             ),
             WatcherStatus("journal", self._journal is not None, self._down.get("journal", "")),
             WatcherStatus("sockets", True, ""),
+            WatcherStatus("btmp", self._btmp is not None, self._down.get("btmp", "")),
+            WatcherStatus("authlog", self._authlog is not None, self._down.get("authlog", "")),
         ]
 
     def loop_counters(self) -> dict[str, int]:
@@ -528,7 +669,7 @@ class Daemon:
         if new.guard.ports != self.config.guard.ports:
             self._reopen_session_watchers(new)
         now = self.clock()
-        self._apply(self.engine.reconfigure(new, now), now)
+        self._apply(self.engine.reconfigure(new, now, wall=self.wall_clock()), now)
         self.config = new
         self.stats.reloads += 1
         log.info("reloaded %s", path)
@@ -553,11 +694,18 @@ class Daemon:
         self._next_socket_poll = self.clock()
 
     def close(self) -> None:
-        for watcher in (self._knock, self._conntrack, self._journal):
+        self._save_positions(self.clock(), force=True)
+        for watcher in (self._knock, self._conntrack, self._journal, self._btmp, self._authlog):
             if watcher is not None:
                 watcher.close()
         self._knock = self._conntrack = None
         self._journal = None
+        self._btmp = None
+        self._authlog = None
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+        self.nft.close()
         if self._control is not None:
             self._control.close()
             self._control = None
@@ -577,8 +725,21 @@ class DaemonControl:
     def snapshot(self) -> dict[str, Any]:
         d = self.daemon
         now = d.clock()
+        engine = d.engine.snapshot(now)
+        offset = d.wall_clock() - engine.now
+        bans = [
+            BanInfo(
+                str(v.network),
+                v.reason,
+                v.since + offset,
+                None if v.until is None else v.until + offset,
+                v.offence,
+            )
+            for v in engine.bans
+        ]
         return build_status(
-            d.engine.snapshot(now),
+            engine,
+            bans=bans,
             wall_now=d.wall_clock(),
             started_at=d.started_at,
             version=__version__,
@@ -599,13 +760,22 @@ class DaemonControl:
         return {"queued": True}
 
     def ban(self, source: str, duration: float | None) -> dict[str, Any]:
-        raise ControlError("bans are not implemented yet")
+        self.daemon.queue([BanRequested(_network(source), duration)])
+        return {"queued": True}
 
     def unban(self, source: str) -> dict[str, Any]:
-        raise ControlError("bans are not implemented yet")
+        self.daemon.queue([UnbanRequested(_network(source))])
+        return {"queued": True}
 
     def reload(self) -> dict[str, Any]:
         return {"reloaded": self.daemon.reload()}
+
+
+def _network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    try:
+        return ipaddress.ip_network(text.strip(), strict=False)
+    except ValueError as exc:
+        raise ControlError(f"not an address or network: {text!r}") from exc
 
 
 def configure_logging(verbose: bool = False) -> None:

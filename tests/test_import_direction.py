@@ -46,7 +46,7 @@ LAYERS: tuple[tuple[int, tuple[str, ...]], ...] = (
         ),
     ),
     # Upper layers that may use anything below the command line.
-    (5, ("guardian.knock_client", "guardian.lab")),
+    (5, ("guardian.knock_client", "guardian.lab", "guardian.replay")),
     (6, ("guardian.cli",)),
     (7, ("guardian.__main__",)),
 )

@@ -105,7 +105,20 @@ def start_guardian(
     # Each daemon gets its own control socket in the lab's directory: namespaces share the file
     # system, so the default /run/guardian/control.sock would be fought over by parallel labs.
     socket_path = lab.workdir / f"control-{host}.sock"
-    argv = guardian_argv(config_path, ("--socket", str(socket_path), *extra_args))
+    # Likewise the state store and the logs it follows: the lab's own, never the host's.
+    var_log = lab.workdir / "var_log"
+    var_log.mkdir(exist_ok=True)
+    own = (
+        "--socket",
+        str(socket_path),
+        "--state",
+        str(lab.workdir / f"state-{host}.db"),
+        "--btmp",
+        str(var_log / "btmp"),
+        "--auth-log",
+        str(var_log / "auth.log"),
+    )
+    argv = guardian_argv(config_path, (*own, *extra_args))
     with log_path.open("ab") as log:
         proc = lab.popen(host, argv, stdout=log, stderr=log)
     handle = GuardianHandle(lab, host, proc, config_path, log_path, socket_path)
