@@ -572,6 +572,7 @@ def test_lines_of_a_process_in_another_network_namespace_are_dropped(
     """One journal per machine, one sshd (and one guardian) per network namespace: a line whose
     process lives in another namespace is not ours. Processes still alive are asked; the shell
     below stays alive (sleep) so its SYSLOG_PID can be checked."""
+    ensure_journald()  # a test before this one may have restarted it: wait until it answers
     token = secrets.token_hex(4)
     namespace = f"gj9-nsf{os.getpid() % 10000}"
     subprocess.run(["ip", "netns", "add", namespace], check=True)
@@ -586,13 +587,14 @@ def test_lines_of_a_process_in_another_network_namespace_are_dropped(
                 cat = ["systemd-cat", "-t", "gj9-ns", "sh", "-c", script, "sh"]
                 foreign = subprocess.Popen(["ip", "netns", "exec", namespace, *cat, f"far {token}"])
                 own = subprocess.Popen([*cat, f"near {token}"])
-                assert pump.until(lambda: f"near {token}" in pump.messages(), 5)
+                ok = pump.until(lambda: f"near {token}" in pump.messages(), 5)
+                assert ok, (pump.messages()[-5:], watcher.stats(), own.poll(), foreign.poll())
                 assert pump.until(lambda: watcher.stats()["foreign_netns"] >= 1, 5)
                 dropped = watcher.stats()["foreign_netns"]
             finally:
                 pump.close()
-            foreign.wait(timeout=10)
-            own.wait(timeout=10)
+            assert foreign.wait(timeout=10) == 0
+            assert own.wait(timeout=10) == 0
     finally:
         subprocess.run(["ip", "netns", "del", namespace], check=False)
     messages = pump.messages()

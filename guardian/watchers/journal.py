@@ -154,6 +154,8 @@ class JournalWatcher:
         self._anchor: str | None = None  # the entry the live reader started after (or None)
         self._last_cursor: str | None = cursor
         self._held = False  # the reader stands on an entry not yet returned (after a resume gap)
+        self._reseek = False  # the last read reached the end: resume from _last_cursor
+        self._opened_at_usec: int | None = None  # when opened with no entry to anchor on
         self._more_pending = False
         self._counts = dict.fromkeys(STAT_KEYS, 0)
 
@@ -238,8 +240,22 @@ class JournalWatcher:
             if self._held and max_records > 0:
                 self._held = False
                 records.append(_record(reader))
+            elif self._reseek and self._last_cursor is not None and max_records > 0:
+                # sd-journal (systemd 252) can lose its place once next() has hit the end with
+                # matches and entries are appended: the first new one was skipped about once in
+                # fifteen opens. Resume from our own cursor instead: seek to it, step past it.
+                reader.seek_cursor(self._last_cursor)
+                if reader._next(1) and not reader.test_cursor(self._last_cursor):
+                    records.append(_record(reader))  # our entry is gone (vacuumed): this is new
+            elif self._reseek and self._opened_at_usec is not None:
+                # No matching entry existed when we opened, so no cursor to resume from: start
+                # at the moment of opening (journald stamps entries when it receives them).
+                reader.seek_realtime(self._opened_at_usec)
+            self._reseek = False
             while len(records) < max_records and reader._next(1):
                 records.append(_record(reader))
+            if len(records) < max_records:
+                self._reseek = True  # reached the end: next time, start from the cursor
         except OSError as error:
             raise WatcherError(f"journal watcher: reading the journal: {error}") from error
         self._more_pending = len(records) >= max_records > 0
@@ -349,9 +365,11 @@ class JournalWatcher:
     def _position(self, reader: Any) -> None:
         cursor = self._last_cursor
         self._held = False
+        self._reseek = True
         self._more_pending = False
         try:
             if cursor is None:
+                self._opened_at_usec = int(time.time() * 1_000_000)
                 reader.seek_tail()
                 # The last matching entry, if any: everything after it is new.
                 self._anchor = reader._get_cursor() if reader._previous(1) else None
