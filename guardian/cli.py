@@ -41,7 +41,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = _load(args.config)  # validated before anything touches the firewall
     if config is None:
         return EXIT_USAGE
-    configure_logging(args.verbose)
+    configure_logging(args.verbose, journal=not args.no_journal_log)
     options = DaemonOptions(
         control_socket=None if args.socket == "none" else args.socket,
         read_group=args.read_group,
@@ -155,6 +155,57 @@ def cmd_flush(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_install(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from guardian.install import install
+
+    try:
+        report = install(Path(args.prefix), args.guardian_bin)
+    except OSError as exc:
+        print(f"guardian: install: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    for path in report.written:
+        print(f"installed {path}")
+    for path in report.kept:
+        print(f"kept {path} (already there)")
+    print("next steps:")
+    for step in report.next_steps:
+        print(f"  {step}")
+    return EXIT_OK
+
+
+def cmd_uninstall(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from guardian.effectors.nft import NftEffector, NftError
+    from guardian.install import CONFIG_DEST, uninstall
+
+    def remove_table() -> None:
+        nft = NftEffector()
+        try:
+            nft.remove_table()
+        finally:
+            nft.close()
+
+    try:
+        removed = uninstall(Path(args.prefix), None if args.keep_table else remove_table)
+    except (OSError, NftError) as exc:
+        print(f"guardian: uninstall: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    for path in removed:
+        print(f"removed {path}")
+    if not args.keep_table:
+        print("removed table inet guardian (if it was there)")
+    config = Path(args.prefix) / CONFIG_DEST
+    if config.exists():
+        print(f"kept {config} (edited; remove it by hand if you want)")
+    print(
+        "then: systemctl daemon-reload (stop the service first: systemctl disable --now guardian)"
+    )
+    return EXIT_OK
+
+
 def cmd_ban(args: argparse.Namespace) -> int:
     from guardian.control_client import ControlClientError, request
 
@@ -244,6 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--no-journal", action="store_true", help="don't read sshd's lines from the journal"
     )
+    p.add_argument("--no-journal-log", action="store_true", help="log plain lines on stderr only")
     p.add_argument("--state", default=DEFAULT_STATE_PATH, help="state store (sqlite) path")
     p.add_argument("--btmp", default="/var/log/btmp", help="btmp file to follow")
     p.add_argument("--auth-log", default="/var/log/auth.log", help="auth.log file to follow")
@@ -272,6 +324,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("flush", help="remove the guardian's nftables table")
     p.set_defaults(func=cmd_flush)
+
+    p = sub.add_parser("install", help="put the systemd units, a config skeleton, the state dir")
+    p.add_argument("--prefix", default="/", help="root to install under (default /)")
+    p.add_argument("--guardian-bin", help="command for ExecStart (default: this guardian)")
+    p.set_defaults(func=cmd_install)
+
+    p = sub.add_parser("uninstall", help="remove what install put in place, and the table")
+    p.add_argument("--prefix", default="/", help="root to uninstall from (default /)")
+    p.add_argument("--keep-table", action="store_true", help="leave table inet guardian alone")
+    p.set_defaults(func=cmd_uninstall)
 
     add_status_commands(sub)
 

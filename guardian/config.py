@@ -64,6 +64,16 @@ FAILURE_JOIN_WINDOW = 2.0  # seconds between two origins' reports of one attempt
 MAX_OFFENCES = 100_000  # offence histories kept; the oldest last ban is forgotten first
 OFFENCE_MEMORY = 30 * 86400.0  # an offence history is forgotten this long after its last ban
 DEFAULT_STATE_PATH = "/var/lib/guardian/state.db"  # offences and watcher positions (sqlite)
+# [sshd] on demand: sshd's listener exists only while some grant is open (effectors/sshd.py).
+DEFAULT_SSHD_ON_DEMAND = False
+DEFAULT_SSHD_START: tuple[str, ...] = ("systemctl", "start", "guardian-sshd.socket")
+DEFAULT_SSHD_STOP: tuple[str, ...] = ("systemctl", "stop", "guardian-sshd.socket")
+SSHD_COMMAND_TIMEOUT = 10.0  # a start/stop command still running after this is killed
+SSHD_RETRY_MIN = 1.0  # a failed start is retried after this, doubling up to SSHD_RETRY_MAX
+SSHD_RETRY_MAX = 60.0
+# systemd: the STATUS= line is refreshed at most this often (idle cost), and the socket-table tick
+# checks that the nftables table is still there (an `nft flush ruleset` removes it).
+NOTIFY_STATUS_INTERVAL = 5.0
 
 FLAG_BITS: dict[str, int] = {"fin": FIN, "syn": SYN, "rst": RST, "psh": PSH, "ack": ACK, "urg": URG}
 
@@ -204,12 +214,24 @@ class Ban:
 
 
 @dataclass(frozen=True, slots=True)
+class Sshd:
+    """[sshd]: with on_demand, the daemon runs `start` when the first grant opens and `stop` once
+    the last grant is gone (linger included), so nothing listens on the port between visits.
+    Both are argv lists, executed without a shell."""
+
+    on_demand: bool = DEFAULT_SSHD_ON_DEMAND
+    start: tuple[str, ...] = DEFAULT_SSHD_START
+    stop: tuple[str, ...] = DEFAULT_SSHD_STOP
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     guard: Guard = field(default_factory=Guard)
     access: Access = field(default_factory=Access)
     doors: tuple[Door, ...] = ()
     path: str = ""  # where it was loaded from, for messages
     ban: Ban = field(default_factory=Ban)
+    sshd: Sshd = field(default_factory=Sshd)
 
 
 def knock_ports(config: Config) -> tuple[frozenset[int], frozenset[int]]:

@@ -37,6 +37,9 @@ from guardian.config import (
     DEFAULT_MAXTIME,
     DEFAULT_PORTS,
     DEFAULT_REQUIRE_AUTH,
+    DEFAULT_SSHD_ON_DEMAND,
+    DEFAULT_SSHD_START,
+    DEFAULT_SSHD_STOP,
     DEFAULT_TCP_FLAGS,
     DEFAULT_WINDOW,
     MAX_BAN_TIME,
@@ -49,6 +52,7 @@ from guardian.config import (
     Door,
     Guard,
     KnockStep,
+    Sshd,
     format_duration,
     parse_duration,
     parse_tcp_flags,
@@ -66,7 +70,8 @@ _RANGE = re.compile(r"^\s*(\d+)\s*-\s*(\d+)\s*(?:/\s*([A-Za-z]+))?\s*$")
 _TOML_POSITION = re.compile(r"^(.*) \(at line (\d+), column (\d+)\)$", re.DOTALL)
 _TOML_AT_END = re.compile(r"^(.*) \(at end of document\)$", re.DOTALL)
 
-_TOP_KEYS = ("guard", "access", "door", "ban")
+_TOP_KEYS = ("guard", "access", "door", "ban", "sshd")
+_SSHD_KEYS = ("on_demand", "start", "stop")
 _GUARD_KEYS = ("ports", "trusted", "interfaces", "answer")
 _ACCESS_KEYS = ("window", "linger", "lease", "require_auth", "login_grace_time")
 AUTO = "auto"  # login_grace_time: read sshd's LoginGraceTime at start
@@ -389,12 +394,14 @@ class _Parser:
         specs = [self.door(raw, ("door", i)) for i, raw in enumerate(self.tables(doors_raw))]
         self.check_doors(specs, guard)
         ban = self.ban(self.table(data, ("ban",)))
+        sshd = self.sshd(self.table(data, ("sshd",)))
         return Config(
             guard=guard,
             access=access,
             doors=_build_doors(specs, guard),
             path=self.path,
             ban=ban,
+            sshd=sshd,
         )
 
     def table(self, data: dict[str, Any], at: KeyPath) -> dict[str, Any]:
@@ -539,6 +546,34 @@ class _Parser:
             ipv6_prefix=ipv6_prefix,
             scope=cast(Literal["all", "guarded"], scope),
         )
+
+    # -- [sshd] -----------------------------------------------------------------------------
+
+    def sshd(self, data: dict[str, Any]) -> Sshd:
+        self.only_known(data, ("sshd",), _SSHD_KEYS, "key")
+        on_demand = data.get("on_demand", DEFAULT_SSHD_ON_DEMAND)
+        if not isinstance(on_demand, bool):
+            raise self.error(
+                ("sshd", "on_demand"), f"expected true or false, got {_kind(on_demand)}"
+            )
+        start = self.argv(data, "start", DEFAULT_SSHD_START)
+        stop = self.argv(data, "stop", DEFAULT_SSHD_STOP)
+        return Sshd(on_demand=on_demand, start=start, stop=stop)
+
+    def argv(self, data: dict[str, Any], key: str, default: tuple[str, ...]) -> tuple[str, ...]:
+        """A command as an argv list of strings (never a shell string: no quoting to get wrong)."""
+        value = data.get(key, list(default))
+        if isinstance(value, str):
+            raise self.error(
+                ("sshd", key),
+                f'expected an argv list like ["systemctl", "start", "x"], got a string {value!r}',
+            )
+        if not isinstance(value, list) or not value:
+            raise self.error(("sshd", key), f"expected a non-empty list, got {_kind(value)}")
+        for index, item in enumerate(value):
+            if not isinstance(item, str) or not item or "\0" in item:
+                raise self.error(("sshd", key, index), f"expected a non-empty string, got {item!r}")
+        return tuple(value)
 
     def source(self, value: Any, at: KeyPath) -> str:
         if not isinstance(value, str) or value not in BAN_SOURCES:
@@ -943,6 +978,13 @@ def render_config(config: Config) -> str:
             "minus knock and guarded ports)"
         )
     lines += _render_ban(config.ban)
+    lines += [
+        "",
+        "[sshd]",
+        f"on_demand = {'true' if config.sshd.on_demand else 'false'}",
+        f"start = {_string_list(config.sshd.start)}",
+        f"stop = {_string_list(config.sshd.stop)}",
+    ]
     return "\n".join(lines) + "\n"
 
 

@@ -11,8 +11,16 @@
 # live connections are listed (conntrack, else the socket table) and the journal's recent
 # "Accepted" lines vouch for them; only then do the live watchers start and "guardian: ready"
 # go out. Every watcher is optional: the engine works with whatever subset is up.
+#
+# Under systemd (guardian.notify): READY=1 goes out with "guardian: ready", STATUS= carries live
+# counts (refreshed at most every NOTIFY_STATUS_INTERVAL, only when something happened), and
+# WATCHDOG=1 is a deadline of this loop, so a stalled loop stops feeding the watchdog. With
+# [sshd] on_demand the SshdSwitch follows "is any grant open". The socket-table tick also checks
+# that the table is still there: an `nft flush ruleset` (the nftables service restarting) takes
+# it away, and the daemon re-installs it with every grant and ban for the time they have left.
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import gc
@@ -29,12 +37,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from guardian import __version__
-from guardian.actions import Action, Notice
+from guardian.actions import Action, Notice, OpenGrant, RevokeGrant
+from guardian.actions import Ban as BanAction
 from guardian.addresses import parse_address
 from guardian.config import (
     DEFAULT_CONTROL_SOCKET,
     DEFAULT_STATE_PATH,
     JOURNAL_MUTE,
+    NOTIFY_STATUS_INTERVAL,
     POSITION_SAVE_INTERVAL,
     SESSION_HISTORY,
     SOCKETS_FALLBACK_INTERVAL,
@@ -46,6 +56,7 @@ from guardian.configfile import ConfigError, load_config
 from guardian.control import ControlError, ControlServer
 from guardian.effectors.nft import NftEffector, NftError
 from guardian.effectors.nft_rules import commands_for
+from guardian.effectors.sshd import SshdSwitch
 from guardian.effectors.state import StateStore
 from guardian.engine import Engine
 from guardian.events import (
@@ -63,7 +74,15 @@ from guardian.events import (
     SignalsChanged,
     UnbanRequested,
 )
+from guardian.journal_log import (
+    build_handlers,
+    event_extra,
+    journal_sender,
+    notice_extra,
+    stderr_is_journal,
+)
 from guardian.notices import RateLimiter, format_notice
+from guardian.notify import Notifier
 from guardian.snapshot import (
     BanInfo,
     RecentEvents,
@@ -109,6 +128,8 @@ class DaemonStats:
     reloads: int = 0
     reload_failures: int = 0
     socket_polls: int = 0
+    watchdog_pings: int = 0
+    table_restores: int = 0
     watcher_errors: dict[str, int] = field(default_factory=dict)
 
 
@@ -144,8 +165,11 @@ class Daemon:
         nft: NftEffector | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        notifier: Notifier | None = None,
     ) -> None:
         self.options = options or DaemonOptions()
+        # Read (and taken out of the environment) first, before any child process is started.
+        self.notifier = notifier if notifier is not None else Notifier.from_environ()
         self.config = resolve_login_grace(config)
         self.nft = nft if nft is not None else NftEffector()
         self.clock = clock
@@ -177,6 +201,12 @@ class Daemon:
         self._signals: list[int] = []
         self._pending: list[Event] = []
         self._wake_r, self._wake_w = socket.socketpair()
+        self._next_ping: float | None = None  # the watchdog's next WATCHDOG=1
+        self._next_status = 0.0  # STATUS= waits for this and for _status_dirty
+        self._status_dirty = False
+        self._grant_count = 0
+        self._sshd: SshdSwitch | None = None
+        self._sshd_fd: int | None = None  # the pidfd registered in the selector
 
     # ---- start-up -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -210,6 +240,8 @@ class Daemon:
         actions += self._feed(listing, now)
         actions += self._feed_all(self._sessions_from_history(listing), now)
         self._apply(actions, now)
+        self._set_sshd_switch(self.config)
+        self._count_grants(now)
         self._next_socket_poll = now + self._socket_interval()
         self._next_position_save = now + POSITION_SAVE_INTERVAL
         self._knock = _knock_watcher_for(self.config)
@@ -354,10 +386,14 @@ class Daemon:
             ", ".join(sorted(self._down)) or "none",
         )
         print(READY_LINE, file=sys.stderr, flush=True)
+        self.notifier.ready(self.status_text(self.clock()))
+        if self.notifier.watchdog is not None:
+            self._next_ping = self.clock() + self.notifier.watchdog
         try:
             while not self._stopping:
                 self.step()
         finally:
+            self.notifier.stopping()
             self.close()
         log.info("stopped; the table stays, grants expire by their kernel timeouts")
         return 0
@@ -371,6 +407,11 @@ class Daemon:
         if self._journal is not None:
             deadlines.append(self._journal.next_poll(now))
             deadlines.append(self._journal_muted_until)
+        deadlines.append(self._next_ping)
+        if self._status_dirty and self.notifier.enabled:
+            deadlines.append(self._next_status)
+        if self._sshd is not None:
+            deadlines.append(self._sshd.next_deadline())
         present = [d for d in deadlines if d is not None]
         return min(present) if present else None
 
@@ -390,10 +431,117 @@ class Daemon:
         engine_deadline = self.engine.get_timer()
         if engine_deadline is not None and engine_deadline <= now:
             actions += self.engine.handle_timer(now, wall=self.wall_clock())
+        if self._sshd is not None and any(isinstance(a, OpenGrant) for a in actions):
+            # sshd starts before the firewall opens: its start overlaps the nft transaction.
+            self._sshd.want(True)
         self._apply(actions, now)
-        if (pending or actions) and self._control is not None:
-            self._control.invalidate()
+        if any(isinstance(a, OpenGrant | RevokeGrant) for a in actions):
+            self._count_grants(now)
+        if pending or actions:
+            self._status_dirty = True
+            if self._control is not None:
+                self._control.invalidate()
         self._handle_signals()
+        self._tend_systemd(now)
+
+    # ---- systemd: watchdog, status, sshd on demand, the table's survival ----------------------
+    def _tend_systemd(self, now: float) -> None:
+        if self._sshd is not None:
+            deadline = self._sshd.next_deadline()
+            if deadline is not None and deadline <= now:
+                self._sshd.on_deadline()
+            self._sync_sshd_fd()
+        if self._next_ping is not None and now >= self._next_ping:
+            assert self.notifier.watchdog is not None
+            self.notifier.ping()
+            self.stats.watchdog_pings += 1
+            self._next_ping = now + self.notifier.watchdog
+        if self._status_dirty and self.notifier.enabled and now >= self._next_status:
+            self._status_dirty = False
+            self._next_status = now + NOTIFY_STATUS_INTERVAL
+            self.notifier.status(self.status_text(now))
+
+    def status_text(self, now: float) -> str:
+        """systemd's STATUS= line: what `systemctl status guardian` shows under the unit."""
+        snap = self.engine.snapshot(now)
+        sessions = sum(1 for s in snap.sessions if s.authenticated)
+        text = f"{len(snap.grants)} grant(s), {sessions} session(s), {len(snap.bans)} ban(s)"
+        if self._down:
+            text += "; down: " + ", ".join(sorted(self._down))
+        return text
+
+    def _count_grants(self, now: float) -> None:
+        """Grants came or went: the count decides whether sshd is wanted (on demand). Only then:
+        the snapshot lists every ban too, which is not free with 100k of them."""
+        if self._sshd is None:
+            return
+        self._grant_count = len(self.engine.snapshot(now).grants)
+        self._sshd.want(self._grant_count > 0)
+        self._sync_sshd_fd()
+
+    def _set_sshd_switch(self, config: Config) -> None:
+        if config.sshd.on_demand and self._sshd is None:
+            self._sshd = SshdSwitch(config.sshd, self.clock)
+        elif config.sshd.on_demand and self._sshd is not None:
+            self._sshd.config = config.sshd
+        elif self._sshd is not None:
+            # on_demand switched off: sshd is left as it is (the operator runs it now).
+            self._sshd.close()
+            self._sshd = None
+            self._sync_sshd_fd()
+
+    def _sync_sshd_fd(self) -> None:
+        """Keep the selector watching the pidfd of the running start/stop command, if any."""
+        fd = None if self._sshd is None else self._sshd.pidfd
+        if fd == self._sshd_fd:
+            return
+        if self._sshd_fd is not None:
+            # The switch has closed the pidfd already (epoll forgot it then); this clears the map.
+            with contextlib.suppress(KeyError, ValueError):
+                self._selector.unregister(self._sshd_fd)
+        if fd is not None:
+            self._selector.register(fd, selectors.EVENT_READ, self._on_sshd_command_exit)
+        self._sshd_fd = fd
+
+    def _on_sshd_command_exit(self, _mask: int) -> None:
+        if self._sshd is not None:
+            self._sshd.on_child_exit()
+            self._sync_sshd_fd()
+
+    def _check_table(self, now: float) -> bool:
+        """Re-install the table if it is gone (`nft flush ruleset`); True when it was restored."""
+        try:
+            if self.nft.table_exists():
+                return False
+        except NftError as exc:
+            log.warning("cannot check the table: %s", exc)
+            return False
+        snap = self.engine.snapshot(now)
+        restore: list[Action] = [
+            OpenGrant(g.source, max(1.0, g.kernel_expires_at - now), g.door) for g in snap.grants
+        ]
+        restore += [
+            BanAction(v.network, None if v.until is None else max(1.0, v.until - now), v.reason,
+                      v.offence)
+            for v in snap.bans
+            if v.until is None or v.until > now
+        ]  # fmt: skip
+        try:
+            self.nft.install(self.config)
+            self.nft.apply(commands_for(restore, ipv6_prefix=self.config.ban.ipv6_prefix))
+        except NftError as exc:
+            self.stats.nft_errors += 1
+            log.error("the table is gone and re-installing it failed: %s", exc)
+            return False
+        self.stats.table_restores += 1
+        reason = f"{len(snap.grants)} grant(s) and {len(restore) - len(snap.grants)} ban(s)"
+        log.warning(
+            "table_restored: table inet guardian had disappeared (nft flush ruleset?); "
+            "re-installed with %s",
+            reason,
+            extra=event_extra("table_restored", reason),
+        )
+        return True
 
     def _poll_due(self, now: float, journal_read: bool) -> None:
         # A follower that stopped at its per-read cap gets no new inotify event for what is
@@ -404,6 +552,7 @@ class Daemon:
             self._on_authlog_readable(0)
         self._save_positions(now)
         if now >= self._next_socket_poll:
+            self._check_table(now)
             listing = self._poll_sockets()
             if listing is not None:
                 self.queue([listing])
@@ -572,9 +721,11 @@ class Daemon:
                 self.stats.batches_applied += 1
             except NftError as exc:
                 # The batch was refused whole; the kernel stays as it was. Grants lapse by their
-                # timeouts; the next refresh of a live session retries.
+                # timeouts; the next refresh of a live session retries. If the table itself is
+                # gone, re-installing it from the engine's state carries this step's changes too.
                 self.stats.nft_errors += 1
-                log.error("nftables refused a batch of %d command(s): %s", len(commands), exc)
+                if not self._check_table(now):
+                    log.error("nftables refused a batch of %d command(s): %s", len(commands), exc)
         if self._store is not None:
             self._store.apply(actions)  # offence histories; after the kernel had its say
         for action in actions:
@@ -592,7 +743,7 @@ class Daemon:
         line = format_notice(notice)
         if suppressed:
             line += f" [{suppressed} more {notice.kind} suppressed]"
-        log.info("%s", line)
+        log.info("%s", line, extra=notice_extra(notice))
 
     def _count_watcher_error(self, name: str, exc: Exception) -> None:
         count = self.stats.watcher_errors.get(name, 0) + 1
@@ -630,7 +781,18 @@ class Daemon:
             "reloads": self.stats.reloads,
             "reload_failures": self.stats.reload_failures,
             "socket_polls": self.stats.socket_polls,
+            "watchdog_pings": self.stats.watchdog_pings,
+            "table_restores": self.stats.table_restores,
         }
+        if self._sshd is not None:
+            sshd = self._sshd.stats()
+            counters.update(
+                {
+                    "sshd_starts": sshd.starts,
+                    "sshd_stops": sshd.stops,
+                    "sshd_failures": sshd.failures,
+                }
+            )
         if self._knock is not None:
             counters.update({f"knock_{k}": v for k, v in self._knock.stats().items()})
         return counters
@@ -639,6 +801,13 @@ class Daemon:
     def reload(self) -> bool:
         """SIGHUP: load the file again; apply it whole or not at all."""
         path = self.config.path
+        self.notifier.reloading()
+        try:
+            return self._reload(path)
+        finally:
+            self.notifier.ready(self.status_text(self.clock()))
+
+    def _reload(self, path: str) -> bool:
         try:
             new = resolve_login_grace(load_config(path))
         except ConfigError as exc:
@@ -671,6 +840,8 @@ class Daemon:
         now = self.clock()
         self._apply(self.engine.reconfigure(new, now, wall=self.wall_clock()), now)
         self.config = new
+        self._set_sshd_switch(new)
+        self._count_grants(now)
         self.stats.reloads += 1
         log.info("reloaded %s", path)
         return True
@@ -695,6 +866,13 @@ class Daemon:
 
     def close(self) -> None:
         self._save_positions(self.clock(), force=True)
+        if self._sshd is not None:
+            # sshd is left as it is: live sessions keep their sshd, and the table still gates
+            # the port; a restarted daemon settles it (its first want() acts either way).
+            self._sshd.close()
+            self._sshd = None
+        self._sync_sshd_fd()
+        self.notifier.close()
         for watcher in (self._knock, self._conntrack, self._journal, self._btmp, self._authlog):
             if watcher is not None:
                 watcher.close()
@@ -778,11 +956,11 @@ def _network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
         raise ControlError(f"not an address or network: {text!r}") from exc
 
 
-def configure_logging(verbose: bool = False) -> None:
-    """Plain lines on stderr; journald structured logging arrives with the systemd issue."""
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("guardian: %(levelname)s %(message)s"))
+def configure_logging(verbose: bool = False, *, journal: bool = True) -> None:
+    """Structured records to the journal when it is there (journal_log.py); plain lines on stderr
+    unless stderr is the journal already."""
+    sender = journal_sender() if journal else None
     root = logging.getLogger("guardian")
-    root.handlers[:] = [handler]
+    root.handlers[:] = build_handlers(sender, stderr_is_journal())
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     root.propagate = False

@@ -30,6 +30,7 @@ from guardian.config import (
     Ban,
     Config,
     KnockStep,
+    Sshd,
     TcpFlags,
     parse_tcp_flags,
 )
@@ -400,6 +401,35 @@ def test_render_writes_the_ban_section_and_reads_it_back() -> None:
         assert line in rendered.splitlines(), line
     odd = Config(ban=Ban(enabled=False, sources=(), factor=1.25, jitter=0.5, scope="guarded"))
     assert parse_config(render_config(odd), "") == odd
+
+
+def test_sshd_section_defaults_and_round_trip() -> None:
+    default = parse_config("", "g")
+    assert default.sshd == Sshd()
+    assert default.sshd.on_demand is False
+    assert default.sshd.start == ("systemctl", "start", "guardian-sshd.socket")
+    rendered = render_config(default)
+    assert "[sshd]" in rendered.splitlines() and "on_demand = false" in rendered.splitlines()
+    odd = Config(sshd=Sshd(on_demand=True, start=("/usr/local/bin/up", 'a "b"'), stop=("down",)))
+    assert parse_config(render_config(odd), "") == odd
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "reason"),
+    [
+        ("[sshd]\non_demand = 1\n", "sshd.on_demand", "expected true or false"),
+        ('[sshd]\nstart = "systemctl start x"\n', "sshd.start", "argv list"),
+        ("[sshd]\nstop = []\n", "sshd.stop", "non-empty list"),
+        ('[sshd]\nstart = ["a", 3]\n', "sshd.start", "non-empty string"),
+        ('[sshd]\nstart = ["a", ""]\n', "sshd.start", "non-empty string"),
+        ("[sshd]\nlinger = 3\n", "sshd.linger", "unknown key"),
+    ],
+)
+def test_sshd_section_errors(text: str, key: str, reason: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, "g.toml")
+    assert caught.value.key == key and reason in caught.value.reason
+    assert caught.value.line == 2
 
 
 def test_interface_names() -> None:

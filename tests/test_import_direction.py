@@ -34,7 +34,18 @@ LAYERS: tuple[tuple[int, tuple[str, ...]], ...] = (
         ),
     ),
     # The wire snapshot is pure, but it is built from the engine's snapshot.
-    (3, ("guardian.watchers", "guardian.effectors", "guardian.snapshot", "guardian.sshd_probe")),
+    # notify and journal_log speak to systemd (sd_notify, structured journal records).
+    (
+        3,
+        (
+            "guardian.watchers",
+            "guardian.effectors",
+            "guardian.snapshot",
+            "guardian.sshd_probe",
+            "guardian.notify",
+            "guardian.journal_log",
+        ),
+    ),
     (
         4,
         (
@@ -43,6 +54,7 @@ LAYERS: tuple[tuple[int, tuple[str, ...]], ...] = (
             "guardian.control_client",
             "guardian.ui",
             "guardian.metrics",
+            "guardian.install",
         ),
     ),
     # Upper layers that may use anything below the command line.

@@ -25,15 +25,21 @@ import random
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 
 from guardian.addresses import parse_address
 from guardian.parsers.sshd import Detection, Mode, SshdDetector, parse_message
-from guardian.parsers.syslog_line import parse_syslog_line
+from guardian.parsers.syslog_line import (
+    TraditionalClock,
+    _traditional_seconds,
+    parse_syslog_line,
+    traditional_clock,
+)
 
 DATA = Path(__file__).resolve().parent / "data" / "sshd"
 CORPUS_FILES = sorted(DATA.glob("*.txt"))
@@ -241,3 +247,52 @@ def test_throughput_print() -> None:
     elapsed = time.perf_counter() - start
     rate = len(lines) / elapsed
     print(f"\nsshd pipeline: {len(lines)} lines in {elapsed:.3f}s = {rate:,.0f} lines/s")
+
+
+# ---- the traditional-timestamp clock ------------------------------------------------------------
+
+_MONTH_NAMES = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+@pytest.mark.parametrize(
+    "zone", ["Europe/Berlin", "America/New_York", "Australia/Lord_Howe", "Asia/Kathmandu", "UTC"]
+)
+@pytest.mark.parametrize("reference_day", ["2026-01-05T06:00", "2024-07-01T23:30"])
+def test_traditional_clock_matches_its_definition(zone: str, reference_day: str) -> None:
+    """TraditionalClock (hour start + minutes, per-second near DST changes) equals the plain
+    datetime computation for every hour of the year, the DST changes' hours minute by minute
+    (Lord Howe shifts by 30 minutes), invalid dates and times, and last year's December."""
+    tz = ZoneInfo(zone)
+    reference = datetime.fromisoformat(reference_day).replace(tzinfo=tz)
+    clock = TraditionalClock(reference)
+    rng = random.Random(zone)
+    checked = 0
+    start = datetime(reference.year, 1, 1, tzinfo=UTC)
+    for hour in range(366 * 24 + 24):
+        when = (start + timedelta(hours=hour)).astimezone(tz)
+        minutes = range(60) if when.dst() != (when + timedelta(hours=1)).dst() else (0, 29, 59)
+        for minute in minutes:
+            hms = f"{when.hour:02d}:{minute:02d}:{rng.randrange(60):02d}"
+            mon, day = _MONTH_NAMES[when.month - 1], str(when.day)
+            assert clock.seconds(mon, day, hms) == _traditional_seconds(mon, day, hms, reference)
+            checked += 1
+    for mon, day, hms in (("Feb", "29", "12:00:00"), ("Feb", "30", "00:00:00"),
+                          ("Apr", "31", "00:00:00"), ("Dec", "31", "23:59:59"),
+                          ("Jan", "1", "24:00:00"), ("Jan", "1", "00:60:00"),
+                          ("Jan", "1", "00:00:60"), ("Foo", "1", "00:00:00")):  # fmt: skip
+        assert clock.seconds(mon, day, hms) == _traditional_seconds(mon, day, hms, reference)
+    assert checked > 26_000
+
+
+def test_traditional_clock_is_memoised_per_zone() -> None:
+    berlin = datetime(2026, 1, 5, 12, tzinfo=ZoneInfo("Europe/Berlin"))
+    same_instant_utc = berlin.astimezone(UTC)
+    assert berlin == same_instant_utc  # equal as datetimes, yet they place stamps differently
+    assert traditional_clock(berlin) is traditional_clock(berlin)
+    assert traditional_clock(berlin) is not traditional_clock(same_instant_utc)
+    assert traditional_clock(None) is None
+    line = "Jan  5 08:00:00 h sshd[1]: Invalid user x from 192.0.2.1 port 1"
+    in_berlin = parse_syslog_line(line, reference=berlin)
+    in_utc = parse_syslog_line(line, reference=same_instant_utc)
+    assert in_berlin is not None and in_utc is not None
+    assert in_utc.wall_time is not None and in_berlin.wall_time == in_utc.wall_time - 3600

@@ -41,64 +41,67 @@ from guardian.parsers.syslog_line import _rfc3339_time, parse_syslog_line, tradi
 
 __all__ = ["ScanCounts", "scan_chunk"]
 
-_HOST = r"[^\s]*[^\s:]"  # no white space, and no ':' before the " port" that follows
+_HOST = r"\S*[^\s:]"  # no white space, and no ':' before the " port" that follows
 _PORT = r"[0-9]{1,10}"
-_CID_PREAMBLE = r"(?:(?P<pre>authenticating user|invalid user|user) (?P<cu>[^\s]+) )?"
+_D2 = "[0-9][0-9]"
 
 
 def _ends_maybe_preauth(name: str) -> str:
     """The end of a message whose free text may end in " [preauth]": no trailing white space
     (the per-line parser would strip it), and group `name` set (empty) when it is pre-auth."""
-    return rf"(?:(?<= \[preauth\])(?P<{name}>))?(?<!\s)"
+    return rf"(?:(?<= \[preauth\])(?P<{name}>)|)(?<!\s)"
 
 
+# Performance notes (CPython's re): every message alternative starts with a literal, so the
+# engine skips it on the first character, and ends with an empty marker group that closes last
+# (Match.lastindex names the kind); optional parts are written "(?:X|)", far cheaper than "X?".
 _SCAN = re.compile(
-    # The line: a newline, a timestamp (traditional | RFC 3339), host, sshd[PID]
-    r"\n(?:(?P<stamp>[A-Z][a-z]{2} +[0-9]{1,2} [0-9]{2}:[0-9]{2}:[0-9]{2})(?P<frac>\.[0-9]+)?"
-    r"|(?P<rsec>[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2})(?P<rfrac>\.[0-9]+)?"
-    r"(?P<zone>Z|[+-][0-9]{2}:[0-9]{2}))"
-    r" [^\s]+ sshd(?:-session)?\[(?P<pid>[0-9]{1,10})\]: "
-    # The message: one of the fast kinds, else anything (each kind's outer group closes last,
-    # so Match.lastindex names the kind).
-    r"(?:(?P<auth>(?P<verb>Failed|Accepted) (?P<method>[^\s:]+) for (?P<inv>invalid user )?"
-    rf"(?P<au>[^\s:]+) from (?P<ah>{_HOST}) port (?P<ap>{_PORT}) ssh2(?:: [^\n]*[^\s\]])?)"
-    rf"|(?P<invalid>Invalid user (?P<iu>[^\s]+) from (?P<ih>{_HOST}) port (?P<ip>{_PORT}))"
-    r"|(?P<pam>pam_unix\(sshd:auth\): authentication failure; logname= uid=0 euid=0 tty=ssh "
-    r"ruser= rhost=(?P<ph>[^\s]+)(?:  user=(?P<pu>[^\s]+))?)"
-    rf"|(?P<received>Received disconnect from (?P<rh>[^\s]+) port (?P<rp>{_PORT}):"
-    rf"(?P<rc>[0-9]{{1,10}}):[^\n]*{_ends_maybe_preauth('rpre')})"
-    r"|(?P<closed>(?:Connection (?P<cv>closed|reset) by|Disconnected from) "
-    rf"{_CID_PREAMBLE}(?P<ch>{_HOST}) port (?P<cp>{_PORT})(?P<cpre> \[preauth\])?)"
-    rf"|(?P<unable>Unable to negotiate with (?P<nh>{_HOST}) port (?P<np>{_PORT}): "
-    rf"[^\n]*{_ends_maybe_preauth('npre')})"
+    # A newline, then the timestamp: traditional "Mar  1 00:00:00" (day padded to two
+    # characters) or RFC 3339, either with a fraction; one group, memoised by _Stamps ...
+    rf"\n(?P<stamp>[A-Z][a-z][a-z] [ 0-9][0-9] {_D2}:{_D2}:{_D2}(?:\.[0-9]+|)"
+    rf"|[0-9]{{4}}-{_D2}-{_D2}T{_D2}:{_D2}:{_D2}(?:\.[0-9]+|)(?:Z|[+-]{_D2}:{_D2}))"
+    # ... host, sshd[PID] ...
+    r" \S+ sshd(?:-session|)\[(?P<pid>[0-9]{1,10})\]: "
+    # ... and the message: one of the fast kinds, else anything.
+    r"(?:(?:Connection (?P<cv>closed|reset) by|Disconnected from) "
+    r"(?:(?P<pre>authenticating user|invalid user|user) (?P<cu>\S+) |)"
+    rf"(?P<ch>{_HOST}) port (?P<cp>{_PORT})(?P<cpre> \[preauth\]|)(?P<closed>)"
+    # "pam_unix(sshd:...": the held PAM failure, or `noop`: messages that change nothing
+    # whatever follows (parse_message: None or not_failure), pam's "check pass;" and
+    # "session opened".
+    r"|pam_unix\(sshd:(?:auth\): authentication failure; logname= uid=0 euid=0 tty=ssh ruser= "
+    r"rhost=(?P<ph>\S+)(?:  user=(?P<pu>\S+)|)(?P<pam>)"
+    r"|(?:auth\): check pass;|session\): session opened for user )[^\n]*(?P<noop>))"
+    r"|(?:Failed(?P<failed>)|Accepted) (?P<method>[^\s:]+) for (?P<inv>invalid user |)"
+    rf"(?P<au>[^\s:]+) from (?P<ah>{_HOST}) port (?P<ap>{_PORT}) ssh2(?:: [^\n]*[^\s\]]|)"
+    r"(?P<auth>)"
+    rf"|Received disconnect from (?P<rh>\S+) port (?P<rp>{_PORT}):(?P<rc>[0-9]{{1,10}}):"
+    rf"[^\n]*{_ends_maybe_preauth('rpre')}(?P<received>)"
+    rf"|Invalid user (?P<iu>\S+) from (?P<ih>{_HOST}) port (?P<ip>{_PORT})(?P<invalid>)"
+    rf"|Unable to negotiate with (?P<nh>{_HOST}) port (?P<np>{_PORT}): [^\n]*(?<!\s)"
+    r"(?P<unable>)"
     r"|(?P<other>[^\n]*))$",
     re.M,
 )
 _G = _SCAN.groupindex
-_AUTH, _INVALID, _PAM, _RECEIVED, _CLOSED, _UNABLE, _OTHER = (
-    _G[name] for name in ("auth", "invalid", "pam", "received", "closed", "unable", "other")
+_CLOSED, _PAM, _NOOP, _AUTH, _RECEIVED, _INVALID, _UNABLE, _OTHER = (
+    _G[name] for name in ("closed", "pam", "noop", "auth", "received", "invalid", "unable", "other")
 )
 
 
 def _groups(*names: str) -> tuple[int, ...]:
-    """Group numbers for one Match.group() call: the line's (time, PID), then the kind's."""
-    common = ("stamp", "frac", "rsec", "rfrac", "zone", "pid")
-    return tuple(_G[name] for name in common + names)
+    """Group numbers for one Match.group() call: the line's timestamp and PID, then the kind's."""
+    return tuple(_G[name] for name in ("stamp", "pid", *names))
 
 
-_GROUPS = {
-    _AUTH: _groups("verb", "method", "inv", "au", "ah", "ap"),
-    _INVALID: _groups("iu", "ih", "ip"),
-    _PAM: _groups("ph", "pu"),
-    _RECEIVED: _groups("rh", "rp", "rc", "rpre", "received"),
-    _CLOSED: _groups("cv", "pre", "cu", "ch", "cp", "cpre"),
-    _UNABLE: _groups("nh", "np", "npre"),
-    _OTHER: _groups("other"),
-}
-_AUTH_GROUPS, _INVALID_GROUPS, _PAM_GROUPS, _RECEIVED_GROUPS, _CLOSED_GROUPS, _UNABLE_GROUPS = (
-    _GROUPS[kind] for kind in (_AUTH, _INVALID, _PAM, _RECEIVED, _CLOSED, _UNABLE)
-)
-_OTHER_GROUPS = _GROUPS[_OTHER]
+_CLOSED_GROUPS = _groups("cv", "pre", "cu", "ch", "cp", "cpre")
+_PAM_GROUPS = _groups("ph", "pu")
+_AUTH_GROUPS = _groups("failed", "method", "inv", "au", "ah", "ap")
+_RECEIVED_GROUPS = _groups("rh", "rp", "rc", "rpre")
+_INVALID_GROUPS = _groups("iu", "ih", "ip")
+_UNABLE_GROUPS = _groups("nh", "np")
+_OTHER_GROUPS = _groups("other")
+_PID = _G["pid"]
 _CONNECTION_RULES = {
     None: "disconnected",
     "closed": "connection_closed",
@@ -109,13 +112,64 @@ _MEMO_LIMIT = 4096
 _memos: dict[str, dict[str, SshdMessage | None]] = {"normal": {}, "aggressive": {}}
 
 
+class _Stamps:
+    """Timestamp text as _SCAN captures it -> seconds since the epoch, for one reference; the
+    arithmetic is parse_syslog_line's own. Whole stamps are memoised (thousands of lines share
+    a second); a stamp with a fraction (rsyslog's RFC 3339 default has microseconds, so each is
+    new) costs its second's memoised start plus the fraction."""
+
+    __slots__ = ("_clock", "memo")
+
+    def __init__(self, reference: datetime | None) -> None:
+        self._clock = traditional_clock(reference)
+        self.memo: dict[str, float | None] = {}
+
+    def time(self, stamp: str) -> float | None:
+        if stamp[0] > "9":  # traditional: "Mon DD HH:MM:SS[.frac]"
+            second, frac, zone = stamp[:15], stamp[15:], ""
+        elif stamp[-1] == "Z":  # RFC 3339: "YYYY-MM-DDTHH:MM:SS[.frac](Z|+hh:mm)"
+            second, frac, zone = stamp[:19], stamp[19:-1], "Z"
+        else:
+            second, frac, zone = stamp[:19], stamp[19:-6], stamp[-6:]
+        memo = self.memo
+        key = second + zone
+        if key in memo:
+            seconds = memo[key]
+        else:
+            if len(memo) >= _MEMO_LIMIT:
+                memo.clear()
+            if zone:
+                seconds = memo[key] = _rfc3339_time(second, None, zone)
+            else:
+                clock = self._clock
+                seconds = memo[key] = clock.stamp(second) if clock is not None else None
+        if frac and seconds is not None:
+            seconds += float(frac)  # as _rfc3339_time and the traditional path add it
+        return seconds
+
+
+_stamps: dict[tuple[datetime | None, object, int], _Stamps] = {}
+
+
+def _stamps_for(reference: datetime | None) -> _Stamps:
+    key = (reference, None, 0) if reference is None else (
+        reference, reference.tzinfo, reference.fold
+    )  # fmt: skip
+    stamps = _stamps.get(key)
+    if stamps is None:
+        if len(_stamps) >= 64:
+            _stamps.clear()
+        stamps = _stamps[key] = _Stamps(reference)
+    return stamps
+
+
 @dataclass(slots=True)
 class ScanCounts:
     """Running totals a caller may keep across chunks (the auth.log watcher's statistics)."""
 
     lines: int = 0  # whole lines scanned (and a final unterminated one)
     sshd_lines: int = 0  # lines written by sshd or sshd-session
-    untimed: int = 0  # sshd lines whose timestamp could not be placed
+    untimed: int = 0  # detections whose line's timestamp could not be placed (wall_time None)
     errors: int = 0  # lines whose parsing raised (a parser bug: the line is skipped)
 
 
@@ -127,9 +181,9 @@ def scan_chunk(
     final: bool = False,
     counts: ScanCounts | None = None,
 ) -> tuple[list[Detection], int]:
-    """Feed the whole lines of `text` (split on "\\n" only) to `detector`, in order.
+    """Feed the whole lines of `text` (split on "\n" only) to `detector`, in order.
 
-    Returns (detections, consumed): `consumed` is the offset just past the last "\\n"; the
+    Returns (detections, consumed): `consumed` is the offset just past the last "\n"; the
     caller keeps text[consumed:], a partial line, and puts it in front of the next chunk. With
     final=True the unterminated last line is parsed too (consumed == len(text)): for text that
     ends at a line boundary anyway, like the auth.log follower's reads.
@@ -143,148 +197,130 @@ def scan_chunk(
     mode: Mode = detector.mode
     strict: Kind = "failure" if mode == "aggressive" else "helper"  # aggressive-table kinds
     memo = _memos[mode]
-    clock = traditional_clock(reference)
-    feed = detector.feed_message
+    stamps = _stamps_for(reference)
+    seconds, stamp_time = stamps.memo.get, stamps.time
+    feed, feed_message = detector.feed_fields, detector.feed_message
     find = text.find
     host_of = _host
-    new = tuple.__new__
-    sshd_lines = untimed = errors = 0
+    matched = errors = 0
     previous = 0  # where the text not yet looked at starts
+    # The hot loop, written for CPython's interpreter: each branch passes its constants straight
+    # to feed_fields (the SshdMessage parse_message would build, field by field; see _SCAN).
     for m in _SCAN.finditer(text, 0, consumed):
         start, end = m.span()
         if start != previous and find("sshd", previous, start) >= 0:
-            s, u, e = _per_line(text[previous:start], detector, reference, out)
-            sshd_lines, untimed, errors = sshd_lines + s, untimed + u, errors + e
+            errors += _per_line(text[previous:start], detector, reference, out, counts)
         previous = end
-        sshd_lines += 1
+        matched += 1
+        kind = m.lastindex
         try:
-            kind = m.lastindex
-            msg: SshdMessage | None = None
-            # Each branch builds what parse_message returns for the message (see the regex).
-            if kind == _OTHER:
-                stamp, frac, rsec, rfrac, zone, pid, message = m.group(*_OTHER_GROUPS)
-                msg = memo.get(message, _UNKNOWN)
-                if msg is _UNKNOWN:
-                    if len(memo) >= _MEMO_LIMIT:
-                        memo.clear()
-                    msg = memo[message] = parse_message(message, mode)
-            elif kind == _CLOSED:
-                stamp, frac, rsec, rfrac, zone, pid, verb, preamble, user, host, port, pre = (
-                    m.group(*_CLOSED_GROUPS)
-                )
-                parsed = host_of(host)
-                if parsed is not None:
-                    if pre is not None:
-                        closed_kind = strict
-                    elif preamble == "user":
-                        closed_kind = "session_closed"
-                    else:
-                        closed_kind = "helper"
-                    msg = new(
-                        SshdMessage,
-                        (closed_kind, _CONNECTION_RULES[verb], parsed[0], int(port), user, None,
-                         parsed[1], False, pre is not None, False, False, True),
-                    )  # fmt: skip
-            elif kind == _AUTH:
-                stamp, frac, rsec, rfrac, zone, pid, verb, method, inv, user, host, port = m.group(
-                    *_AUTH_GROUPS
-                )
+            if kind == _CLOSED:
+                stamp, pid, verb, preamble, user, host, port, pre = m.group(*_CLOSED_GROUPS)
                 parsed = host_of(host)
                 if parsed is None:
-                    pass
-                elif verb == "Accepted":
-                    if inv is None:
-                        msg = new(
-                            SshdMessage,
-                            ("success", "accepted", parsed[0], int(port), user, method, parsed[1],
-                             False, False, False, False, True),
-                        )  # fmt: skip
+                    continue
+                detections = feed(
+                    int(pid),
+                    strict if pre else "session_closed" if preamble == "user" else "helper",
+                    _CONNECTION_RULES[verb], parsed[0], int(port), user, None, parsed[1],
+                    False, False, True, seconds(stamp) or stamp_time(stamp),
+                )  # fmt: skip
+            elif kind == _NOOP:
+                continue
+            elif kind == _AUTH:
+                stamp, pid, failed, method, inv, user, host, port = m.group(*_AUTH_GROUPS)
+                parsed = host_of(host)
+                if parsed is None:
+                    continue
+                if failed is None:  # Accepted
+                    if inv:
+                        continue  # "Accepted ... for invalid user": not sshd's
+                    detections = feed(
+                        int(pid), "success", "accepted", parsed[0], int(port), user, method,
+                        parsed[1], False, False, True, seconds(stamp) or stamp_time(stamp),
+                    )  # fmt: skip
                 else:
                     base = method.partition("/")[0]
-                    rule = _FAILED_RULES.get(base)
-                    if rule is None:
-                        rule = (
-                            "failed_keyboard_interactive"
-                            if base == "keyboard-interactive"
-                            else "failed_other"
-                        )
-                    held = inv is None and base in _PROBING_METHODS
-                    msg = new(
-                        SshdMessage,
-                        ("helper" if held else "failure", rule, parsed[0], int(port), user,
-                         method, parsed[1], inv is not None, False, held, False, False),
+                    rule = _FAILED_RULES.get(base) or (
+                        "failed_keyboard_interactive"
+                        if base == "keyboard-interactive"
+                        else "failed_other"
+                    )
+                    held = not inv and base in _PROBING_METHODS
+                    detections = feed(
+                        int(pid), "helper" if held else "failure", rule, parsed[0], int(port),
+                        user, method, parsed[1], held, False, False,
+                        seconds(stamp) or stamp_time(stamp),
                     )  # fmt: skip
-            elif kind == _RECEIVED:
-                stamp, frac, rsec, rfrac, zone, pid, host, port, code, pre, message = m.group(
-                    *_RECEIVED_GROUPS
-                )
+            elif kind == _PAM:
+                stamp, pid, host, user = m.group(*_PAM_GROUPS)
                 parsed = host_of(host)
+                if parsed is None:
+                    continue
+                detections = feed(
+                    int(pid), "helper", "pam_unix_auth_failure", parsed[0], None, user, None,
+                    parsed[1], True, False, False, seconds(stamp) or stamp_time(stamp),
+                )  # fmt: skip
+            elif kind == _RECEIVED:
+                stamp, pid, host, port, code, pre = m.group(*_RECEIVED_GROUPS)
                 if code == "3":  # its rule reads the client's text: the full parser decides
-                    msg = parse_message(message, mode)
-                elif parsed is not None:
+                    msg = parse_message(text[m.end(_PID) + 3 : end], mode)
+                    if msg is None:
+                        continue
+                    detections = feed_message(int(pid), msg, seconds(stamp) or stamp_time(stamp))
+                else:
+                    parsed = host_of(host)
+                    if parsed is None:
+                        continue
                     if code == "14":
                         received_kind, rule = strict, "disconnect_no_auth_methods"
                     elif code == "11" and pre is None:
                         received_kind, rule = "session_closed", "received_disconnect"
                     else:
                         received_kind, rule = "helper", "received_disconnect"
-                    msg = new(
-                        SshdMessage,
-                        (received_kind, rule, parsed[0], int(port), None, None, parsed[1], False,
-                         pre is not None, False, False, True),
-                    )  # fmt: skip
-            elif kind == _PAM:
-                stamp, frac, rsec, rfrac, zone, pid, host, user = m.group(*_PAM_GROUPS)
-                parsed = host_of(host)
-                if parsed is not None:
-                    msg = new(
-                        SshdMessage,
-                        ("helper", "pam_unix_auth_failure", parsed[0], None, user, None,
-                         parsed[1], False, False, True, False, False),
+                    detections = feed(
+                        int(pid), received_kind, rule, parsed[0], int(port), None, None,
+                        parsed[1], False, False, True, seconds(stamp) or stamp_time(stamp),
                     )  # fmt: skip
             elif kind == _INVALID:
-                stamp, frac, rsec, rfrac, zone, pid, user, host, port = m.group(*_INVALID_GROUPS)
+                stamp, pid, user, host, port = m.group(*_INVALID_GROUPS)
                 parsed = host_of(host)
-                if parsed is not None:
-                    msg = new(
-                        SshdMessage,
-                        ("failure", "invalid_user", parsed[0], int(port), user, None, parsed[1],
-                         True, False, False, False, False),
-                    )  # fmt: skip
-            else:  # _UNABLE
-                stamp, frac, rsec, rfrac, zone, pid, host, port, pre = m.group(*_UNABLE_GROUPS)
+                if parsed is None:
+                    continue
+                detections = feed(
+                    int(pid), "failure", "invalid_user", parsed[0], int(port), user, None,
+                    parsed[1], False, False, False, seconds(stamp) or stamp_time(stamp),
+                )  # fmt: skip
+            elif kind == _UNABLE:
+                stamp, pid, host, port = m.group(*_UNABLE_GROUPS)
                 parsed = host_of(host)
-                if parsed is not None:
-                    msg = new(
-                        SshdMessage,
-                        (strict, "negotiation_failed", parsed[0], int(port), None, None,
-                         parsed[1], False, pre is not None, False, False, True),
-                    )  # fmt: skip
-
-            if stamp is not None:
-                when = clock.memo.get(stamp) if clock is not None else None
-                if when is None and clock is not None:
-                    when = clock.stamp(stamp)  # a new second (or one that cannot be placed)
-                if frac is not None and when is not None:
-                    when += float(frac)
-            else:
-                when = _rfc3339_time(rsec, rfrac, zone)
-            if when is None:
-                untimed += 1
-            if msg is not None:
-                detections = feed(int(pid), msg, when)
-                if detections:
-                    out += detections
+                if parsed is None:
+                    continue
+                detections = feed(
+                    int(pid), strict, "negotiation_failed", parsed[0], int(port), None, None,
+                    parsed[1], False, False, True, seconds(stamp) or stamp_time(stamp),
+                )  # fmt: skip
+            else:  # _OTHER: the full parser, memoised by message text
+                stamp, pid, message = m.group(*_OTHER_GROUPS)
+                msg = memo.get(message, _UNKNOWN)
+                if msg is _UNKNOWN:
+                    if len(memo) >= _MEMO_LIMIT:
+                        memo.clear()
+                    msg = memo[message] = parse_message(message, mode)
+                if msg is None:
+                    continue
+                detections = feed_message(int(pid), msg, seconds(stamp) or stamp_time(stamp))
+            if detections:
+                out += detections
         except Exception:  # one line must never stop the scan (as line by line)
             errors += 1
     if previous != consumed and find("sshd", previous, consumed) >= 0:
-        s, u, e = _per_line(text[previous:consumed], detector, reference, out)
-        sshd_lines, untimed, errors = sshd_lines + s, untimed + u, errors + e
+        errors += _per_line(text[previous:consumed], detector, reference, out, counts)
     if counts is not None:
         counts.lines += text.count("\n", 0, consumed) + (text[consumed - 1] != "\n")
-        counts.sshd_lines += sshd_lines
-        counts.untimed += untimed
+        counts.sshd_lines += matched
         counts.errors += errors
+        counts.untimed += sum(1 for d in out if d.wall_time is None)
     return out, consumed
 
 
@@ -292,11 +328,15 @@ _UNKNOWN = SshdMessage("not_failure", "")  # memo sentinel: never a parse result
 
 
 def _per_line(
-    text: str, detector: SshdDetector, reference: datetime | None, out: list[Detection]
-) -> tuple[int, int, int]:
+    text: str,
+    detector: SshdDetector,
+    reference: datetime | None,
+    out: list[Detection],
+    counts: ScanCounts | None,
+) -> int:
     """The slow path for the lines between two matches: the per-line parser itself. Returns
-    (sshd lines, untimed, errors)."""
-    sshd_lines = untimed = errors = 0
+    how many lines raised."""
+    errors = 0
     for line in text.split("\n"):
         if "sshd" not in line:
             continue
@@ -304,10 +344,9 @@ def _per_line(
             record = parse_syslog_line(line, reference=reference)
             if record is None:
                 continue
-            sshd_lines += 1
-            if record.wall_time is None:
-                untimed += 1
+            if counts is not None:
+                counts.sshd_lines += 1
             out += detector.feed(record.pid, record.message, record.wall_time)
         except Exception:  # as in scan_chunk
             errors += 1
-    return sshd_lines, untimed, errors
+    return errors

@@ -97,6 +97,11 @@ class _Session(NamedTuple):
 class SshdDetector:
     """Feed sshd messages per PID; get failures, successes and session ends back."""
 
+    __slots__ = (
+        "_connections", "_latest", "_next_expiry", "_sessions", "max_age", "max_connections",
+        "max_sessions", "mode",
+    )  # fmt: skip
+
     def __init__(
         self,
         mode: Mode = "normal",
@@ -133,34 +138,54 @@ class SshdDetector:
         self, pid: int | None, msg: SshdMessage, wall_time: float | None = None
     ) -> list[Detection]:
         """Like feed(), for a message already parsed (in this detector's mode)."""
-        kind = msg[0]  # msg.kind (indexing: this runs for every sshd line of a big auth.log)
+        kind = msg.kind
         if kind == "not_failure":
             return []
+        if pid is None:
+            self._clock(wall_time)
+            return self._stateless(msg, wall_time)
+        return self.feed_fields(
+            pid, kind, msg.rule, msg.source, msg.port, msg.user, msg.method, msg.host_name,
+            msg.held, msg.exhausted, msg.closes, wall_time,
+        )  # fmt: skip
+
+    def feed_fields(
+        self,
+        pid: int,
+        kind: Kind,
+        rule: str,
+        source: IPAddress | None,
+        port: int | None,
+        user: str | None,
+        method: str | None,
+        host_name: str | None,
+        held: bool,
+        exhausted: bool,
+        closes: bool,
+        wall_time: float | None,
+    ) -> list[Detection]:
+        """feed_message() for a message of a known PID given as the SshdMessage fields the
+        rules read (kind is never "not_failure" here). For bulk parsers (authlog_chunk), which
+        take a line's fields straight from a regex match and need not build an SshdMessage."""
         if wall_time is not None:
             self._latest = wall_time
             if wall_time >= self._next_expiry:
                 self._expire(wall_time)
                 self._next_expiry = wall_time + 1.0
-        if pid is None:
-            return self._stateless(msg, wall_time)
         if kind == "success":
-            return self._accepted(pid, msg, wall_time)
+            return self._accepted(pid, rule, source, port, user, method, host_name, wall_time)
         if kind == "session_closed":
-            return self._session_closed(pid, msg, wall_time)
-        return self._preauth(pid, msg, kind, wall_time)
+            return self._session_closed(pid, rule, source, port, user, host_name, wall_time)
 
-    # ---- the rules --------------------------------------------------------------------------
-
-    def _preauth(
-        self, pid: int, msg: SshdMessage, kind: Kind, wall_time: float | None
-    ) -> list[Detection]:
-        _, rule, source, port, user, method, host_name, _, _, held, exhausted, closes = msg
+        # ---- before authentication (failure, helper, hostless_failure) ----
         connections = self._connections
         conn = connections.get(pid)
         if conn is None:
             if kind == "helper" and closes and not held:
                 return []  # the end of a connection we know nothing about: nothing to resolve
-            conn = self._track(pid)
+            conn = connections[pid] = _Connection()
+            if len(connections) > self.max_connections:
+                self._evict()
         else:
             connections.move_to_end(pid)
         conn.seen = self._latest  # a line without a time counts as seen at the latest time known
@@ -176,7 +201,7 @@ class SshdDetector:
         release = exhausted
         if kind == "failure":
             attempts = 1
-            if rule in _PASSWORD_RULES and conn.held:
+            if conn.held and rule in _PASSWORD_RULES:
                 _consume_pam(conn, user)
         elif kind == "hostless_failure":
             conn.pending = min(conn.pending + 1, _MAX_PENDING)
@@ -203,7 +228,7 @@ class SshdDetector:
             del connections[pid]
         if not attempts:
             return []
-        if source is None and host_name is None:
+        if source is None and host_name is None:  # the failure is the connection's
             source, host_name, port = conn.source, conn.host_name, conn.port
         if user is None and users:
             user = users[-1]
@@ -214,8 +239,19 @@ class SshdDetector:
             )
         ]
 
-    def _accepted(self, pid: int, msg: SshdMessage, wall_time: float | None) -> list[Detection]:
-        _, rule, source, port, user, method, host_name = msg[:7]
+    # ---- the rules after authentication -----------------------------------------------------
+
+    def _accepted(
+        self,
+        pid: int,
+        rule: str,
+        source: IPAddress | None,
+        port: int | None,
+        user: str | None,
+        method: str | None,
+        host_name: str | None,
+        wall_time: float | None,
+    ) -> list[Detection]:
         out: list[Detection] = []
         conn = self._connections.pop(pid, None)
         if conn is not None:
@@ -225,8 +261,9 @@ class SshdDetector:
                 attempts += len(conn.held) + 1
             if attempts:
                 out.append(
-                    self._failure(pid, msg, conn, attempts, "accepted_other_user", wall_time)
-                )
+                    self._failure(pid, "accepted_other_user", source, port, user, method,
+                                  host_name, conn, attempts, wall_time)
+                )  # fmt: skip
         out.append(
             _new(
                 Detection,
@@ -241,10 +278,16 @@ class SshdDetector:
         return out
 
     def _session_closed(
-        self, pid: int, msg: SshdMessage, wall_time: float | None
+        self,
+        pid: int,
+        rule: str,
+        source: IPAddress | None,
+        port: int | None,
+        user: str | None,
+        host_name: str | None,
+        wall_time: float | None,
     ) -> list[Detection]:
         self._connections.pop(pid, None)
-        _, rule, source, port, user, _, host_name = msg[:7]
         # With PAM, "session closed" is the session's last line (after "Received disconnect" and
         # "Disconnected from user"); without it the entry stays until newer sessions push it out.
         if rule == _PAM_SESSION_CLOSED:
@@ -297,31 +340,41 @@ class SshdDetector:
 
     # ---- bookkeeping ------------------------------------------------------------------------
 
+    def _clock(self, wall_time: float | None) -> None:
+        """A line's time: the latest seen, and (at most once a log second) the age check."""
+        if wall_time is not None:
+            self._latest = wall_time
+            if wall_time >= self._next_expiry:
+                self._expire(wall_time)
+                self._next_expiry = wall_time + 1.0
+
+    @staticmethod
     def _failure(
-        self,
         pid: int,
-        msg: SshdMessage,
+        rule: str,
+        source: IPAddress | None,
+        port: int | None,
+        user: str | None,
+        method: str | None,
+        host_name: str | None,
         conn: _Connection,
         attempts: int,
-        rule: str,
         wall_time: float | None,
     ) -> Detection:
-        if msg.source is not None or msg.host_name is not None:
-            source, host_name, port = msg.source, msg.host_name, msg.port
-        else:
+        """A failure of this line, or (when the line names no address) of its connection."""
+        if source is None and host_name is None:
             source, host_name, port = conn.source, conn.host_name, conn.port
-        user = msg.user if msg.user is not None else (conn.users[-1] if conn.users else None)
+        if user is None and conn.users:
+            user = conn.users[-1]
         return _new(
             Detection,
-            ("failure", rule, source, port, user, pid, wall_time, attempts, host_name, msg.method),
+            ("failure", rule, source, port, user, pid, wall_time, attempts, host_name, method),
         )
 
-    def _track(self, pid: int) -> _Connection:
-        conn = _Connection()
-        self._connections[pid] = conn
+    def _evict(self) -> None:
+        """Forget the least recently used connections beyond max_connections."""
         while len(self._connections) > self.max_connections:
             self._connections.popitem(last=False)
-        return conn
 
     def _expire(self, now: float) -> None:
         # Least recently used first, so the oldest lines are at the front.

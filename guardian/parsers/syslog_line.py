@@ -185,7 +185,7 @@ class TraditionalClock:
     UTC offset does not change, a time is the hour's start plus minutes and seconds (the hours
     around a daylight-saving change are computed second by second)."""
 
-    __slots__ = ("_hours", "_limit", "_year", "_zone", "memo")
+    __slots__ = ("_hours", "_irregular", "_limit", "_year", "_zone", "memo")
 
     def __init__(self, reference: datetime) -> None:
         zone = reference.tzinfo
@@ -196,19 +196,20 @@ class TraditionalClock:
         self._limit = reference.timestamp() + _FUTURE_SLACK.total_seconds()
         # stamp text -> seconds; bulk callers may read it directly (stamp() fills it)
         self.memo: dict[str, float | None] = {}
-        self._hours: dict[tuple[int, int, int, int], float | None] = {}
+        self._hours: dict[tuple[int, int, int, int], float] = {}  # hour -> its first second
+        self._irregular: set[tuple[int, int, int, int]] = set()  # invalid hours, DST changes
 
     def stamp(self, text: str) -> float | None:
         """Seconds since the epoch of "Mon D HH:MM:SS" (day padded with spaces or not; digits
         as the line's regex matched them), None when it names no real local time."""
         memo = self.memo
-        seconds = memo.get(text, _MISSING)
-        if seconds is _MISSING:
-            if len(memo) >= _CACHE_LIMIT:
-                memo.clear()
-            day, _, hms = text[3:].lstrip(" ").partition(" ")
-            seconds = memo[text] = self.seconds(text[:3], day, hms)
-        return seconds  # type: ignore[return-value]
+        if text in memo:
+            return memo[text]
+        if len(memo) >= _CACHE_LIMIT:
+            memo.clear()
+        day, _, hms = text[3:].lstrip(" ").partition(" ")
+        seconds = memo[text] = self.seconds(text[:3], day, hms)
+        return seconds
 
     def seconds(self, mon: str, day: str, hms: str) -> float | None:
         month = _MONTHS.get(mon)
@@ -231,15 +232,19 @@ class TraditionalClock:
         self, year: int, month: int, day: int, hour: int, offset: int, hms: str
     ) -> float | None:
         key = (year, month, day, hour)
-        hours = self._hours
-        start = hours.get(key, _MISSING)
-        if start is _MISSING:
-            if len(hours) >= _CACHE_LIMIT:
-                hours.clear()
-            start = hours[key] = self._linear_hour(year, month, day, hour)
+        start = self._hours.get(key)
+        if start is None and key not in self._irregular:
+            start = self._linear_hour(year, month, day, hour)
+            if len(self._hours) >= _CACHE_LIMIT or len(self._irregular) >= _CACHE_LIMIT:
+                self._hours.clear()
+                self._irregular.clear()
+            if start is None:
+                self._irregular.add(key)
+            else:
+                self._hours[key] = start
         if start is None:
             return _local_seconds(year, month, day, hms, self._zone)  # invalid, or a DST hour
-        return start + offset  # type: ignore[operator]
+        return start + offset
 
     def _linear_hour(self, year: int, month: int, day: int, hour: int) -> float | None:
         """The hour's first second when its UTC offset is the same all through it, else None."""
@@ -253,7 +258,6 @@ class TraditionalClock:
         return first
 
 
-_MISSING = object()
 _clocks: dict[tuple[datetime, tzinfo | None, int], TraditionalClock] = {}
 
 
