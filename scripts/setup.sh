@@ -16,6 +16,7 @@ PACKAGES=(
   nftables iproute2 procps conntrack
   openssh-server openssh-client
   knockd nmap tmux rsyslog sshpass
+  systemd-container debootstrap  # tests/test_nspawn.py: the units under a real systemd
 )
 
 log() { printf 'setup: %s\n' "$*" >&2; }
