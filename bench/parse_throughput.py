@@ -1,7 +1,7 @@
 # Parse throughput on a 1M-line synthetic auth.log (issue 4's benchmark), side by side in one run:
-#   ours          guardian.parsers.authlog_chunk.scan_chunk + SshdDetector, in-process, one core:
-#                 the file read in 1 MiB chunks, cut at the last newline, decoded, scanned (the
-#                 auth.log watcher's bulk path)
+#   ours          guardian.parsers.authlog_chunk (scan_byte_chunks -> scan_chunk) + SshdDetector,
+#                 in-process, one core: the file read in 1 MiB pieces, each piece's whole lines
+#                 decoded and scanned (the bulk path the auth.log watcher and replay use)
 #   ours per-line parse_syslog_line + SshdDetector.feed line by line (the reference the bulk path
 #                 must equal; one run)
 #   fail2ban      `fail2ban-regex FILE sshd` (fail2ban 1.0.2, the sshd filter, normal mode)
@@ -20,9 +20,10 @@ import subprocess
 import sys
 import time
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
-from guardian.parsers.authlog_chunk import scan_chunk
+from guardian.parsers.authlog_chunk import scan_byte_chunks
 from guardian.parsers.sshd import SshdDetector
 from guardian.parsers.syslog_line import parse_syslog_line
 
@@ -33,26 +34,18 @@ REFERENCE = datetime(2025, 12, 31, tzinfo=UTC)  # "now" for the generator's trad
 
 
 def ours(path: Path) -> tuple[float, dict[str, int]]:
-    """The auth.log watcher's bulk path, minus the file following: whole lines of each read go
-    through scan_chunk; the partial last line waits for the next read."""
+    """The auth.log watcher's bulk path, minus the file following: the file read in pieces,
+    each piece's whole lines scanned (scan_byte_chunks keeps the partial last line)."""
     detector = SshdDetector("normal")
     detections = attempts = 0
     start = time.perf_counter()
-    tail = b""
     with path.open("rb") as handle:
-        while True:
-            data = handle.read(CHUNK)
-            final = not data
-            data = tail + data
-            cut = len(data) if final else data.rfind(b"\n") + 1
-            tail = data[cut:]
-            text = data[:cut].decode("utf-8", "replace")
-            for detection in scan_chunk(text, detector, REFERENCE, final=True)[0]:
+        pieces = iter(partial(handle.read, CHUNK), b"")
+        for found in scan_byte_chunks(pieces, detector, REFERENCE):
+            for detection in found:
                 if detection.kind == "failure":
                     detections += 1
                     attempts += detection.attempts
-            if final:
-                break
     return time.perf_counter() - start, {"failures": detections, "attempts": attempts}
 
 

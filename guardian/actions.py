@@ -75,4 +75,31 @@ class Notice:
     detail: str = ""
 
 
-Action: TypeAlias = OpenGrant | RefreshGrant | RevokeGrant | Ban | Unban | RecordOffence | Notice
+@dataclass(frozen=True, slots=True)
+class OpenEveryone:
+    """Open the guarded ports to every source for `timeout` seconds (an everyone door); the
+    kernel closes them by itself then. Never sent again while it is open: not extended."""
+
+    door: str
+    timeout: float
+
+
+@dataclass(frozen=True, slots=True)
+class CloseEveryone:
+    """Close what OpenEveryone opened, now (idempotent: the kernel may have timed it out)."""
+
+    door: str
+    reason: str
+
+
+Action: TypeAlias = (
+    OpenGrant
+    | RefreshGrant
+    | RevokeGrant
+    | Ban
+    | Unban
+    | RecordOffence
+    | Notice
+    | OpenEveryone
+    | CloseEveryone
+)

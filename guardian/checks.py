@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from guardian.addresses import IPAddress, in_any, parse_address
-from guardian.config import Config, Door
+from guardian.config import Config, Door, door_window, format_duration
 from guardian.events import SYN
 
 LONG_TIMEOUT = 60.0  # seconds from first to last knock; knock clients need a few seconds
@@ -94,7 +94,10 @@ def config_warnings(config: Config) -> list[str]:
     - per door: fewer than MIN_STEPS steps; no decoys at all, or decoy_band 0 (scans that hit the
       knock ports in order can complete the sequence, knock#71); a timeout over LONG_TIMEOUT;
       the same step twice in a row (indistinguishable from a retransmission); tcp_flags that a
-      plain SYN, which knock clients send, does not satisfy."""
+      plain SYN, which knock clients send, does not satisfy; open_to = "everyone" (always: it
+      opens the guarded ports to every address, loud by design), and a window over LONG_WINDOW
+      for such a door;
+    - [[hook]] commands that are not absolute paths (they are looked up in the daemon's PATH)."""
     warnings: list[str] = []
     if config.guard.answer == "drop":
         warnings.append(
@@ -115,6 +118,33 @@ def config_warnings(config: Config) -> list[str]:
         )
     for door in config.doors:
         warnings.extend(_door_warnings(door))
+        if door.open_to == "everyone":
+            warnings.extend(_everyone_warnings(door, door_window(door, config.access)))
+    for index, hook in enumerate(config.hooks, 1):
+        if not hook.run[0].startswith("/"):
+            warnings.append(
+                f"hook[{index}] runs {hook.run[0]!r}, not an absolute path: it is looked up in "
+                "the daemon's PATH"
+            )
+    return warnings
+
+
+def _everyone_warnings(door: Door, window: float) -> list[str]:
+    warnings = [
+        f'DOOR {door.name!r} OPENS TO EVERYONE: open_to = "everyone" opens the guarded ports '
+        f"to EVERY address for {format_duration(window)} after a knock from anywhere (bans "
+        "still apply; sessions that started go on, the door itself closes at the window's end)"
+    ]
+    if door.window is None:
+        warnings.append(
+            f"door {door.name!r} opens to everyone with no window of its own: it uses "
+            f"access.window ({format_duration(window)}); set window on the door to bound it"
+        )
+    if window > LONG_WINDOW:
+        warnings.append(
+            f"door {door.name!r} opens to everyone for {format_duration(window)}: every "
+            "address can reach the guarded ports that long"
+        )
     return warnings
 
 

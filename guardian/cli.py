@@ -48,6 +48,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         use_conntrack=not args.no_conntrack,
         use_journal=not args.no_journal,
         state_path=args.state,
+        metrics_path=args.metrics_file,
         btmp_path=args.btmp,
         authlog_path=args.auth_log,
     )
@@ -297,6 +298,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-journal-log", action="store_true", help="log plain lines on stderr only")
     p.add_argument("--state", default=DEFAULT_STATE_PATH, help="state store (sqlite) path")
+    p.add_argument(
+        "--metrics-file", help="write Prometheus metrics here (node_exporter textfile collector)"
+    )
     p.add_argument("--btmp", default="/var/log/btmp", help="btmp file to follow")
     p.add_argument("--auth-log", default="/var/log/auth.log", help="auth.log file to follow")
     p.set_defaults(func=cmd_run)

@@ -38,6 +38,9 @@ SOCKETS_FALLBACK_INTERVAL = 2.0
 # Watcher positions (btmp and auth.log offsets, the journal cursor) are saved this often when they
 # moved, and at shutdown: a crash replays at most this much, and counts nothing twice (findtime).
 POSITION_SAVE_INTERVAL = 1.0
+# The Prometheus textfile (--metrics-file) is rewritten this often: node_exporter reads it on
+# each scrape, commonly every 15 s or more.
+METRICS_INTERVAL = 15.0
 # A journal wake-up with no sshd line mutes the journal's fd this long (idle cost; see daemon.py).
 JOURNAL_MUTE = 1.0
 # How far back the journal is searched at start-up for the "Accepted" lines of live sessions.
@@ -74,6 +77,22 @@ SSHD_RETRY_MAX = 60.0
 # systemd: the STATUS= line is refreshed at most this often (idle cost), and the socket-table tick
 # checks that the nftables table is still there (an `nft flush ruleset` removes it).
 NOTIFY_STATUS_INTERVAL = 5.0
+# [[hook]] (effectors/hooks.py): commands run on events, the event as JSON on stdin.
+DEFAULT_HOOK_TIMEOUT = 10.0  # a hook still running after this is killed (its process group)
+HOOK_MAX_RUNNING = 4  # hooks running at once; further events wait in a queue
+HOOK_MAX_QUEUED = 256  # events waiting for a free slot; beyond it they are dropped (counted)
+# Hook event kinds -> the engine's Notice kinds they stand for (one hook kind per notice kind).
+HOOK_KINDS: dict[str, str] = {
+    "grant": "grant_opened",
+    "revoke": "grant_closed",
+    "ban": "ban",
+    "unban": "unban",
+    "everyone_opened": "everyone_opened",
+    "everyone_closed": "everyone_closed",
+    "session_opened": "session_opened",
+    "session_closed": "session_closed",
+    "knock_failed": "knock_failed",
+}
 
 FLAG_BITS: dict[str, int] = {"fin": FIN, "syn": SYN, "rst": RST, "psh": PSH, "ack": ACK, "urg": URG}
 
@@ -150,10 +169,12 @@ def parse_tcp_flags(text: str) -> TcpFlags:
 
 @dataclass(frozen=True, slots=True)
 class Door:
-    """A knock sequence that opens the guarded ports for the knocking source.
+    """A knock sequence that opens the guarded ports for the knocking source, or, with
+    open_to = "everyone", for every source for `window` (a hard bound, never extended).
 
     decoys holds every decoy port (the band around each sequence port already expanded, minus any
-    port that some door or the gate uses): a hit on one resets the source's attempts."""
+    port that some door or the gate uses): a hit on one resets the source's attempts.
+    window: None means [access] window."""
 
     name: str
     sequence: tuple[KnockStep, ...]
@@ -162,6 +183,18 @@ class Door:
     close: tuple[KnockStep, ...] = ()
     decoy_band: int = DEFAULT_DECOY_BAND
     decoys: tuple[KnockStep, ...] = ()
+    open_to: Literal["source", "everyone"] = "source"
+    window: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Hook:
+    """[[hook]]: run `run` (an argv list, no shell) on each event whose kind is in `on` (keys of
+    HOOK_KINDS), the event as one JSON object on stdin; killed after `timeout`."""
+
+    on: tuple[str, ...]
+    run: tuple[str, ...]
+    timeout: float = DEFAULT_HOOK_TIMEOUT
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,6 +265,12 @@ class Config:
     path: str = ""  # where it was loaded from, for messages
     ban: Ban = field(default_factory=Ban)
     sshd: Sshd = field(default_factory=Sshd)
+    hooks: tuple[Hook, ...] = ()
+
+
+def door_window(door: Door, access: Access) -> float:
+    """How long a completed knock of this door opens the ports: its own window, else [access]."""
+    return access.window if door.window is None else door.window
 
 
 def knock_ports(config: Config) -> tuple[frozenset[int], frozenset[int]]:

@@ -29,6 +29,7 @@ from guardian.config import (
     DEFAULT_DECOY_BAND,
     DEFAULT_DOOR_TIMEOUT,
     DEFAULT_FINDTIME,
+    DEFAULT_HOOK_TIMEOUT,
     DEFAULT_IPV6_PREFIX,
     DEFAULT_JITTER,
     DEFAULT_LEASE,
@@ -42,6 +43,7 @@ from guardian.config import (
     DEFAULT_SSHD_STOP,
     DEFAULT_TCP_FLAGS,
     DEFAULT_WINDOW,
+    HOOK_KINDS,
     MAX_BAN_TIME,
     MAX_SEQUENCE_LENGTH,
     MIN_IPV6_PREFIX,
@@ -51,6 +53,7 @@ from guardian.config import (
     Config,
     Door,
     Guard,
+    Hook,
     KnockStep,
     Sshd,
     format_duration,
@@ -70,12 +73,23 @@ _RANGE = re.compile(r"^\s*(\d+)\s*-\s*(\d+)\s*(?:/\s*([A-Za-z]+))?\s*$")
 _TOML_POSITION = re.compile(r"^(.*) \(at line (\d+), column (\d+)\)$", re.DOTALL)
 _TOML_AT_END = re.compile(r"^(.*) \(at end of document\)$", re.DOTALL)
 
-_TOP_KEYS = ("guard", "access", "door", "ban", "sshd")
+_TOP_KEYS = ("guard", "access", "door", "ban", "sshd", "hook")
+_HOOK_KEYS = ("on", "run", "timeout")
 _SSHD_KEYS = ("on_demand", "start", "stop")
 _GUARD_KEYS = ("ports", "trusted", "interfaces", "answer")
 _ACCESS_KEYS = ("window", "linger", "lease", "require_auth", "login_grace_time")
 AUTO = "auto"  # login_grace_time: read sshd's LoginGraceTime at start
-_DOOR_KEYS = ("name", "sequence", "timeout", "tcp_flags", "close", "decoy_band", "decoys")
+_DOOR_KEYS = (
+    "name",
+    "sequence",
+    "timeout",
+    "tcp_flags",
+    "close",
+    "decoy_band",
+    "decoys",
+    "open_to",
+    "window",
+)
 _BAN_KEYS = (
     "enabled",
     "sources",
@@ -360,6 +374,8 @@ class _DoorSpec:
     explicit_decoys: tuple[KnockStep, ...]
     single_decoys: tuple[tuple[int, KnockStep], ...]  # (list position, step) of one-port items
     at: KeyPath
+    open_to: Literal["source", "everyone"] = "source"
+    window: float | None = None
 
 
 class _Parser:
@@ -395,6 +411,12 @@ class _Parser:
         self.check_doors(specs, guard)
         ban = self.ban(self.table(data, ("ban",)))
         sshd = self.sshd(self.table(data, ("sshd",)))
+        hooks_raw = data.get("hook", [])
+        if isinstance(hooks_raw, dict):
+            raise self.error(("hook",), "write [[hook]] (one per hook), not [hook]")
+        hooks = tuple(
+            self.hook(raw, ("hook", i)) for i, raw in enumerate(self.tables(hooks_raw, "hook"))
+        )
         return Config(
             guard=guard,
             access=access,
@@ -402,6 +424,7 @@ class _Parser:
             path=self.path,
             ban=ban,
             sshd=sshd,
+            hooks=hooks,
         )
 
     def table(self, data: dict[str, Any], at: KeyPath) -> dict[str, Any]:
@@ -410,9 +433,9 @@ class _Parser:
             raise self.error(at, f"expected a table [{_display_key(at)}], got {_kind(value)}")
         return value
 
-    def tables(self, value: Any) -> list[dict[str, Any]]:
+    def tables(self, value: Any, name: str = "door") -> list[dict[str, Any]]:
         if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
-            raise self.error(("door",), f"expected [[door]] tables, got {_kind(value)}")
+            raise self.error((name,), f"expected [[{name}]] tables, got {_kind(value)}")
         return value
 
     def only_known(
@@ -560,20 +583,50 @@ class _Parser:
         stop = self.argv(data, "stop", DEFAULT_SSHD_STOP)
         return Sshd(on_demand=on_demand, start=start, stop=stop)
 
-    def argv(self, data: dict[str, Any], key: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    def argv(
+        self,
+        data: dict[str, Any],
+        key: str,
+        default: tuple[str, ...],
+        at: KeyPath = ("sshd",),
+    ) -> tuple[str, ...]:
         """A command as an argv list of strings (never a shell string: no quoting to get wrong)."""
         value = data.get(key, list(default))
         if isinstance(value, str):
             raise self.error(
-                ("sshd", key),
+                (*at, key),
                 f'expected an argv list like ["systemctl", "start", "x"], got a string {value!r}',
             )
         if not isinstance(value, list) or not value:
-            raise self.error(("sshd", key), f"expected a non-empty list, got {_kind(value)}")
+            raise self.error((*at, key), f"expected a non-empty list, got {_kind(value)}")
         for index, item in enumerate(value):
             if not isinstance(item, str) or not item or "\0" in item:
-                raise self.error(("sshd", key, index), f"expected a non-empty string, got {item!r}")
+                raise self.error((*at, key, index), f"expected a non-empty string, got {item!r}")
         return tuple(value)
+
+    # -- [[hook]] ---------------------------------------------------------------------------
+
+    def hook(self, data: dict[str, Any], at: KeyPath) -> Hook:
+        self.only_known(data, at, _HOOK_KEYS, "key")
+        if "on" not in data:
+            raise self.error(at, f"a hook needs `on` (a list of: {', '.join(HOOK_KINDS)})")
+        kinds = data["on"]
+        if not isinstance(kinds, list) or not kinds:
+            raise self.error((*at, "on"), f"expected a non-empty list, got {_kind(kinds)}")
+        for index, kind in enumerate(kinds):
+            if kind not in HOOK_KINDS:
+                raise self.error(
+                    (*at, "on", index), f"unknown event {kind!r} (known: {', '.join(HOOK_KINDS)})"
+                )
+        if len(set(kinds)) != len(kinds):
+            raise self.error((*at, "on"), "an event is listed twice")
+        if "run" not in data:
+            raise self.error(at, "a hook needs `run` (an argv list)")
+        run = self.argv(data, "run", (), at)
+        timeout = DEFAULT_HOOK_TIMEOUT
+        if "timeout" in data:
+            timeout = self.duration(data["timeout"], (*at, "timeout"), numbers=False)
+        return Hook(on=tuple(kinds), run=run, timeout=timeout)
 
     def source(self, value: Any, at: KeyPath) -> str:
         if not isinstance(value, str) or value not in BAN_SOURCES:
@@ -694,7 +747,25 @@ class _Parser:
                 (*at, "decoy_band"), f"expected a whole number 0..{MAX_DECOY_BAND}, got {band!r}"
             )
         decoys, singles = self.decoys(data.get("decoys", []), (*at, "decoys"))
-        return _DoorSpec(name, sequence, timeout, flags, close, band, decoys, singles, at)
+        open_to = data.get("open_to", "source")
+        if open_to not in ("source", "everyone"):
+            raise self.error((*at, "open_to"), f'expected "source" or "everyone", got {open_to!r}')
+        window: float | None = None
+        if "window" in data:
+            window = self.duration(data["window"], (*at, "window"), numbers=False)
+        return _DoorSpec(
+            name,
+            sequence,
+            timeout,
+            flags,
+            close,
+            band,
+            decoys,
+            singles,
+            at,
+            cast(Literal["source", "everyone"], open_to),
+            window,
+        )
 
     def sequence(self, value: Any, at: KeyPath) -> tuple[KnockStep, ...]:
         if not isinstance(value, list):
@@ -808,6 +879,8 @@ def _build_doors(specs: list[_DoorSpec], guard: Guard) -> tuple[Door, ...]:
                 used,
                 guard.ports,
             ),
+            open_to=spec.open_to,
+            window=spec.window,
         )
         for spec in specs
     )
@@ -857,7 +930,7 @@ def _display_key(at: KeyPath) -> str:
     out = ""
     for index, part in enumerate(at):
         if isinstance(part, int):
-            if index == 1 and at[0] == "door":
+            if index == 1 and at[0] in ("door", "hook"):
                 out += f"[{part + 1}]"
         else:
             out += f".{part}" if out else part
@@ -973,6 +1046,10 @@ def render_config(config: Config) -> str:
         lines.append(f"decoy_band = {door.decoy_band}")
         if extra:
             lines.append(f"decoys = {_string_list(_ranges(extra))}")
+        if door.open_to != "source":
+            lines.append(f"open_to = {toml_string(door.open_to)}")
+        if door.window is not None:
+            lines.append(f"window = {render_duration(door.window)}")
         lines.append(
             f"# {len(door.decoys)} decoy ports in effect (band and decoys, "
             "minus knock and guarded ports)"
@@ -985,6 +1062,14 @@ def render_config(config: Config) -> str:
         f"start = {_string_list(config.sshd.start)}",
         f"stop = {_string_list(config.sshd.stop)}",
     ]
+    for hook in config.hooks:
+        lines += [
+            "",
+            "[[hook]]",
+            f"on = {_string_list(hook.on)}",
+            f"run = {_string_list(hook.run)}",
+            f"timeout = {render_duration(hook.timeout)}",
+        ]
     return "\n".join(lines) + "\n"
 
 

@@ -18,6 +18,11 @@
 # [sshd] on_demand the SshdSwitch follows "is any grant open". The socket-table tick also checks
 # that the table is still there: an `nft flush ruleset` (the nftables service restarting) takes
 # it away, and the daemon re-installs it with every grant and ban for the time they have left.
+#
+# Everyone doors: an open window found in the kernel at start-up is adopted with the time it has
+# left (engine.adopt_everyone), so a restart never extends it; its opening and closing are logged
+# at WARNING. [[hook]] commands run through a HookRunner (effectors/hooks.py) like the sshd
+# switch's commands: each child's pidfd is a selector entry, its timeout a loop deadline.
 from __future__ import annotations
 
 import contextlib
@@ -37,13 +42,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from guardian import __version__
-from guardian.actions import Action, Notice, OpenGrant, RevokeGrant
+from guardian.actions import Action, CloseEveryone, Notice, OpenEveryone, OpenGrant, RevokeGrant
 from guardian.actions import Ban as BanAction
 from guardian.addresses import parse_address
 from guardian.config import (
     DEFAULT_CONTROL_SOCKET,
     DEFAULT_STATE_PATH,
     JOURNAL_MUTE,
+    METRICS_INTERVAL,
     NOTIFY_STATUS_INTERVAL,
     POSITION_SAVE_INTERVAL,
     SESSION_HISTORY,
@@ -54,6 +60,7 @@ from guardian.config import (
 )
 from guardian.configfile import ConfigError, load_config
 from guardian.control import ControlError, ControlServer
+from guardian.effectors.hooks import HookRunner, hook_events
 from guardian.effectors.nft import NftEffector, NftError
 from guardian.effectors.nft_rules import commands_for
 from guardian.effectors.sshd import SshdSwitch
@@ -81,14 +88,17 @@ from guardian.journal_log import (
     notice_extra,
     stderr_is_journal,
 )
+from guardian.metrics import render_prometheus, write_textfile
 from guardian.notices import RateLimiter, format_notice
 from guardian.notify import Notifier
 from guardian.snapshot import (
     BanInfo,
     RecentEvents,
+    SnapshotError,
     WatcherStatus,
     build_status,
     event_from_notice,
+    from_json,
 )
 from guardian.sshd_probe import read_login_grace_time
 from guardian.watchers import WatcherError
@@ -114,6 +124,7 @@ class DaemonOptions:
     use_conntrack: bool = True
     use_journal: bool = True
     state_path: str = DEFAULT_STATE_PATH
+    metrics_path: str | None = None  # Prometheus textfile (node_exporter), rewritten atomically
     btmp_path: str = "/var/log/btmp"
     authlog_path: str = "/var/log/auth.log"
 
@@ -195,6 +206,7 @@ class Daemon:
         self._btmp: BtmpWatcher | None = None
         self._authlog: AuthLogWatcher | None = None
         self._next_position_save = 0.0
+        self._next_metrics = 0.0
         self._saved_positions: dict[str, str | None] = {}
         self._down: dict[str, str] = {}  # watcher name -> why it is not delivering
         self._stopping = False
@@ -207,6 +219,8 @@ class Daemon:
         self._grant_count = 0
         self._sshd: SshdSwitch | None = None
         self._sshd_fd: int | None = None  # the pidfd registered in the selector
+        self._hooks = HookRunner(self.config.hooks, self.clock)
+        self._hook_fds: dict[int, int] = {}  # pidfd -> pid of the hook children in the selector
 
     # ---- start-up -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -231,6 +245,11 @@ class Daemon:
             actions += self._feed(GrantFound(source, expires_in), now)
         if adopted:
             log.info("adopted %d grant(s) already in the kernel", len(adopted))
+        left = self.nft.everyone_left()
+        if left is not None and left > 0:
+            actions += self.engine.adopt_everyone(left, now)
+        elif left is not None:
+            actions.append(CloseEveryone("adopted", "permanent element found: closed"))
         # conntrack needs the table first: its `ct state` rule is what loads connection tracking.
         self._open_conntrack()
         self._open_journal()
@@ -400,6 +419,8 @@ class Daemon:
 
     def _next_deadline(self, now: float) -> float | None:
         deadlines = [self.engine.get_timer(), self._next_socket_poll]
+        if self.options.metrics_path is not None:
+            deadlines.append(self._next_metrics)
         if any(w is not None and w.more_pending for w in (self._btmp, self._authlog)):
             deadlines.append(now)
         if self._saved_positions_stale():
@@ -412,6 +433,7 @@ class Daemon:
             deadlines.append(self._next_status)
         if self._sshd is not None:
             deadlines.append(self._sshd.next_deadline())
+        deadlines.append(self._hooks.next_deadline())
         present = [d for d in deadlines if d is not None]
         return min(present) if present else None
 
@@ -446,6 +468,10 @@ class Daemon:
 
     # ---- systemd: watchdog, status, sshd on demand, the table's survival ----------------------
     def _tend_systemd(self, now: float) -> None:
+        deadline = self._hooks.next_deadline()
+        if deadline is not None and deadline <= now:
+            self._hooks.on_deadline()
+        self._sync_hook_fds()
         if self._sshd is not None:
             deadline = self._sshd.next_deadline()
             if deadline is not None and deadline <= now:
@@ -466,6 +492,9 @@ class Daemon:
         snap = self.engine.snapshot(now)
         sessions = sum(1 for s in snap.sessions if s.authenticated)
         text = f"{len(snap.grants)} grant(s), {sessions} session(s), {len(snap.bans)} ban(s)"
+        if snap.everyone is not None:
+            left = max(0.0, snap.everyone.until - now)
+            text = f"OPEN TO EVERYONE ({snap.everyone.door}, {left:.0f}s left); " + text
         if self._down:
             text += "; down: " + ", ".join(sorted(self._down))
         return text
@@ -503,6 +532,26 @@ class Daemon:
             self._selector.register(fd, selectors.EVENT_READ, self._on_sshd_command_exit)
         self._sshd_fd = fd
 
+    def _sync_hook_fds(self) -> None:
+        """Keep the selector watching exactly the pidfds of the running hook children. Keyed by
+        (fd, pid): a closed pidfd's number is reused at once by the next child's pidfd."""
+        current = self._hooks.pidfds()
+        for fd, pid in self._hook_fds.items():
+            if current.get(fd) != pid:
+                # The runner has closed it already (epoll forgot it then); this clears the map.
+                with contextlib.suppress(KeyError, ValueError):
+                    self._selector.unregister(fd)
+        for fd, pid in current.items():
+            if self._hook_fds.get(fd) != pid:
+                self._selector.register(fd, selectors.EVENT_READ, self._hook_exit_callback(fd))
+        self._hook_fds = current
+
+    def _hook_exit_callback(self, fd: int) -> Callable[[int], None]:
+        def on_exit(_mask: int) -> None:
+            self._hooks.on_exit(fd)
+
+        return on_exit
+
     def _on_sshd_command_exit(self, _mask: int) -> None:
         if self._sshd is not None:
             self._sshd.on_child_exit()
@@ -526,9 +575,11 @@ class Daemon:
             for v in snap.bans
             if v.until is None or v.until > now
         ]  # fmt: skip
+        if snap.everyone is not None and snap.everyone.until > now:
+            restore.append(OpenEveryone(snap.everyone.door, snap.everyone.until - now))
         try:
             self.nft.install(self.config)
-            self.nft.apply(commands_for(restore, ipv6_prefix=self.config.ban.ipv6_prefix))
+            self.nft.apply(self._commands(restore))
         except NftError as exc:
             self.stats.nft_errors += 1
             log.error("the table is gone and re-installing it failed: %s", exc)
@@ -551,6 +602,7 @@ class Daemon:
         if self._authlog is not None and self._authlog.more_pending:
             self._on_authlog_readable(0)
         self._save_positions(now)
+        self._write_metrics(now)
         if now >= self._next_socket_poll:
             self._check_table(now)
             listing = self._poll_sockets()
@@ -564,6 +616,18 @@ class Daemon:
             due = self._journal.next_poll(now)
             if due is not None and due <= now:
                 self._read_journal(now)
+
+    def _write_metrics(self, now: float) -> None:
+        """The Prometheus textfile, every METRICS_INTERVAL when asked for (--metrics-file)."""
+        path = self.options.metrics_path
+        if path is None or now < self._next_metrics:
+            return
+        self._next_metrics = now + METRICS_INTERVAL
+        try:
+            snapshot = from_json(DaemonControl(self).snapshot())
+            write_textfile(path, render_prometheus(snapshot))
+        except (OSError, SnapshotError) as exc:
+            self._count_watcher_error("metrics", exc)
 
     def _saved_positions_stale(self) -> bool:
         """Is there a position to save? (Only then does saving deserve a wake-up.)"""
@@ -714,7 +778,7 @@ class Daemon:
 
     def _apply(self, actions: list[Action], now: float) -> None:
         """Execute one engine step's actions: the firewall in one transaction, then the notices."""
-        commands = commands_for(actions, ipv6_prefix=self.config.ban.ipv6_prefix)
+        commands = self._commands(actions)
         if commands:
             try:
                 self.nft.apply(commands)
@@ -731,6 +795,14 @@ class Daemon:
         for action in actions:
             if isinstance(action, Notice):
                 self._announce(action, now)
+        if self.config.hooks:
+            self._hooks.submit(hook_events(actions, self.wall_clock()))
+            self._sync_hook_fds()
+
+    def _commands(self, actions: Sequence[Action]) -> list[Any]:
+        return commands_for(
+            actions, ipv6_prefix=self.config.ban.ipv6_prefix, ports=self.config.guard.ports
+        )
 
     def _announce(self, notice: Notice, now: float) -> None:
         event = event_from_notice(notice, self.wall_clock())
@@ -743,7 +815,9 @@ class Daemon:
         line = format_notice(notice)
         if suppressed:
             line += f" [{suppressed} more {notice.kind} suppressed]"
-        log.info("%s", line, extra=notice_extra(notice))
+        # Opening the guarded ports to every source is worth a louder line than a grant.
+        level = logging.WARNING if notice.kind.startswith("everyone_") else logging.INFO
+        log.log(level, "%s", line, extra=notice_extra(notice))
 
     def _count_watcher_error(self, name: str, exc: Exception) -> None:
         count = self.stats.watcher_errors.get(name, 0) + 1
@@ -795,6 +869,16 @@ class Daemon:
             )
         if self._knock is not None:
             counters.update({f"knock_{k}": v for k, v in self._knock.stats().items()})
+        if self.config.hooks:
+            hooks = self._hooks.stats()
+            counters.update(
+                {
+                    "hooks_started": hooks.started,
+                    "hooks_failed": hooks.failed,
+                    "hooks_timed_out": hooks.timed_out,
+                    "hooks_dropped": hooks.dropped,
+                }
+            )
         return counters
 
     # ---- reload -------------------------------------------------------------------------------
@@ -840,6 +924,7 @@ class Daemon:
         now = self.clock()
         self._apply(self.engine.reconfigure(new, now, wall=self.wall_clock()), now)
         self.config = new
+        self._hooks.hooks = new.hooks
         self._set_sshd_switch(new)
         self._count_grants(now)
         self.stats.reloads += 1
@@ -872,6 +957,8 @@ class Daemon:
             self._sshd.close()
             self._sshd = None
         self._sync_sshd_fd()
+        self._hooks.close()
+        self._sync_hook_fds()
         self.notifier.close()
         for watcher in (self._knock, self._conntrack, self._journal, self._btmp, self._authlog):
             if watcher is not None:

@@ -2,6 +2,10 @@
 # ssh-guardian TOML plus notes for everything that could not be carried over. Pure: the CLI reads
 # the file, prints the TOML on stdout and the notes on stderr. Nothing is dropped silently: every
 # shell command, option and unconverted section is named in a note.
+# A section whose command opens the port to every address (no %IP%, e.g. the seed's
+# openSSH4everyone) becomes a door with open_to = "everyone" and its own window (cmd_timeout, or
+# the default window when knockd left it open until another section closed it); a section that
+# closes for every address becomes that door's close sequence.
 from __future__ import annotations
 
 import re
@@ -96,6 +100,7 @@ class _Door:
     window: int | None  # cmd_timeout when the section closes by timer
     close: tuple[KnockStep, ...] = ()
     close_from: _Section | None = None
+    everyone: bool = False  # its command opened the port to every address
 
 
 def import_knockd(text: str, path: str) -> ImportResult:
@@ -122,17 +127,9 @@ def import_knockd(text: str, path: str) -> ImportResult:
                 f"{section.where}: not converted: it has no Start_Command, so it opened nothing"
             )
         elif command.kind == "open" and not command.per_address:
-            notes.append(
-                f"{section.where}: not converted: its command opens to every address, "
-                "not just the knocking one; ssh-guardian cannot express that yet (a "
-                'later version adds open_to = "everyone")'
-            )
-        elif command.kind == "close" and not command.per_address:
-            notes.append(
-                f"{section.where}: not converted: its command closes for every "
-                "address (the pair of an open-to-everyone section); ssh-guardian cannot "
-                "express that yet"
-            )
+            door = _door(section, sequence, command, path, notes)
+            door.everyone = True
+            doors.append(door)
         elif command.kind == "close":
             closers.append((section, sequence, command))
         elif command.kind == "open":
@@ -376,11 +373,15 @@ def _pair_closers(
     """A per-address "close" section becomes the close sequence of an open door for the same
     port(s) (the first one in the file without a close yet); otherwise it is noted."""
     for section, sequence, command in closers:
+        # A per-address close pairs with a per-address door; one for every address with an
+        # everyone door.
         match = next(
             (
                 d
                 for d in doors
-                if not d.close and (not command.ports or set(command.ports) <= set(d.ports))
+                if not d.close
+                and d.everyone != command.per_address
+                and (not command.ports or set(command.ports) <= set(d.ports))
             ),
             None,
         )
@@ -443,6 +444,17 @@ def _unique_name(name: str, taken: set[str]) -> str:
 
 
 def _window(doors: list[_Door], notes: list[str]) -> int | None:
+    for door in doors:
+        if door.everyone:
+            window = door.window if door.window is not None else int(DEFAULT_WINDOW)
+            origin = "its cmd_timeout" if door.window is not None else "the default: knockd "
+            if door.window is None:
+                origin += "kept it open until a close sequence"
+            notes.append(
+                f"door {door.name!r}: opens the guarded ports to EVERY address for "
+                f'{window}s ({origin}): open_to = "everyone", a hard bound; bans still apply'
+            )
+    doors = [d for d in doors if not d.everyone]  # their window is their own
     timed = [d for d in doors if d.window is not None]
     for door in doors:
         if door.window is None:
@@ -570,4 +582,8 @@ def _render(
             lines.append(f"tcp_flags = {toml_string(door.tcp_flags)}")
         if door.close:
             lines.append("close = [" + ", ".join(toml_string(str(s)) for s in door.close) + "]")
+        if door.everyone:
+            window = door.window if door.window is not None else int(DEFAULT_WINDOW)
+            lines.append('open_to = "everyone"  # its command opened the port to every address')
+            lines.append(f"window = {toml_string(format_duration(window))}")
     return "\n".join(lines) + "\n"

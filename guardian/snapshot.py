@@ -99,6 +99,17 @@ class GrantInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class EveryoneInfo:
+    """An everyone door's open window: the guarded ports open to EVERY source until expires_at
+    (a hard bound: never extended). Absent from the wire when none is open."""
+
+    door: str
+    opened_at: float  # epoch seconds
+    expires_at: float  # epoch seconds
+    time_left: float  # seconds, as of taken_at
+
+
+@dataclass(frozen=True, slots=True)
 class SessionInfo:
     """A connection to a guarded port, and the sshd login on it once authenticated."""
 
@@ -157,8 +168,21 @@ class StatusSnapshot:
     events: tuple[EventInfo, ...] = ()  # oldest first
     counters: Mapping[str, int] = field(default_factory=dict)  # monotonic counts since start
     gauges: Mapping[str, float] = field(default_factory=dict)  # current levels (attempts, ...)
+    everyone: EveryoneInfo | None = None  # an everyone door's open window
 
     def to_json(self) -> JsonDict:
+        doc = self._to_json()
+        if self.everyone is not None:  # only when open: snapshots without one are unchanged
+            e = self.everyone
+            doc["everyone"] = {
+                "door": e.door,
+                "opened_at": e.opened_at,
+                "expires_at": e.expires_at,
+                "time_left": e.time_left,
+            }
+        return doc
+
+    def _to_json(self) -> JsonDict:
         h = self.header
         return {
             "schema": SCHEMA_VERSION,
@@ -437,6 +461,7 @@ def from_json(doc: object) -> StatusSnapshot:
     h = r.child("header")
     sshd = h.opt_child("sshd")
     spa = r.opt_child("spa")
+    every = r.opt_child("everyone")
     header = Header(
         version=h.text("version"),
         pid=h.integer("pid"),
@@ -458,6 +483,14 @@ def from_json(doc: object) -> StatusSnapshot:
         events=r.items("events", _event),
         counters=_int_map(r.doc.get("counters", {}), r.where("counters")),
         gauges=_num_map(r.doc.get("gauges", {}), r.where("gauges")),
+        everyone=None
+        if every is None
+        else EveryoneInfo(
+            every.text("door"),
+            every.number("opened_at"),
+            every.number("expires_at"),
+            every.number("time_left"),
+        ),
     )
 
 
@@ -536,6 +569,14 @@ def build_status(
             "attempt_records": float(engine.attempt_records),
             "timer_entries": float(engine.timer_entries),
         },
+        everyone=None
+        if engine.everyone is None
+        else EveryoneInfo(
+            door=engine.everyone.door,
+            opened_at=engine.everyone.since + offset,
+            expires_at=engine.everyone.until + offset,
+            time_left=max(0.0, engine.everyone.until - engine.now),
+        ),
     )
 
 

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from guardian.checks import config_warnings
 from guardian.config import (
     BAN_SOURCES,
     DEFAULT_ANSWER,
@@ -18,6 +21,7 @@ from guardian.config import (
     DEFAULT_DECOY_BAND,
     DEFAULT_DOOR_TIMEOUT,
     DEFAULT_FINDTIME,
+    DEFAULT_HOOK_TIMEOUT,
     DEFAULT_IPV6_PREFIX,
     DEFAULT_LEASE,
     DEFAULT_LINGER,
@@ -29,6 +33,7 @@ from guardian.config import (
     Access,
     Ban,
     Config,
+    Hook,
     KnockStep,
     Sshd,
     TcpFlags,
@@ -637,3 +642,106 @@ def test_render_round_trips_generated_configs(text: str) -> None:
         # validator's job, tested above; only valid configs matter for the round trip
         return
     assert parse_config(render_config(config), "gen.toml") == config
+
+
+# -- issue 9: everyone doors and [[hook]] ------------------------------------------------------
+
+EVERYONE_DOOR = """\
+[[door]]
+name = "ssh"
+sequence = ["7000/tcp", "8000/tcp"]
+
+[[door]]
+name = "everyone"
+sequence = ["64005/tcp", "64025/tcp", "64098/tcp", "64010/tcp"]
+open_to = "everyone"
+window = "180s"
+"""
+
+
+def test_everyone_door_of_the_issue() -> None:
+    config = parse_config(EVERYONE_DOOR, "g.toml")
+    source, everyone = config.doors
+    assert (source.open_to, source.window) == ("source", None)
+    assert (everyone.open_to, everyone.window) == ("everyone", 180.0)
+    assert parse_config(render_config(config), "g.toml") == config
+    assert 'open_to = "everyone"' in render_config(config).splitlines()
+    assert 'window = "3m"' in render_config(config).splitlines()
+    # Defaults are not written: configs without the new keys render as before.
+    assert "open_to" not in render_config(parse_config(EVERYONE_DOOR.split("\n\n")[0], "g"))
+
+
+def test_hooks_parse_and_round_trip() -> None:
+    text = """\
+[[hook]]
+on = ["grant", "ban"]
+run = ["/usr/local/bin/notify-admin", "--to", "ops"]
+timeout = "10s"
+
+[[hook]]
+on = ["everyone_opened"]
+run = ["/usr/bin/true"]
+"""
+    config = parse_config(text, "g.toml")
+    assert config.hooks == (
+        Hook(("grant", "ban"), ("/usr/local/bin/notify-admin", "--to", "ops"), 10.0),
+        Hook(("everyone_opened",), ("/usr/bin/true",), DEFAULT_HOOK_TIMEOUT),
+    )
+    assert parse_config(render_config(config), "g.toml") == config
+    assert parse_config("", "g").hooks == ()
+    assert "[[hook]]" not in render_config(parse_config("", "g"))
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "key", "reason"),
+    [
+        (
+            '[[door]]\nname = "d"\nsequence = [7000]\nopen_to = "all"\n',
+            4,
+            "door[1].open_to",
+            'expected "source" or "everyone"',
+        ),
+        (
+            '[[door]]\nname = "d"\nsequence = [7000]\nwindow = 0\n',
+            4,
+            "door[1].window",
+            "got an integer",
+        ),
+        ('[[hook]]\non = ["grant"]\nrun = "notify"\n', 3, "hook[1].run", "argv list"),
+        ('[[hook]]\non = ["granted"]\nrun = ["x"]\n', 2, "hook[1].on", "unknown event"),
+        ('[[hook]]\non = []\nrun = ["x"]\n', 2, "hook[1].on", "non-empty list"),
+        ('[[hook]]\nrun = ["x"]\n', 1, "hook[1]", "needs `on`"),
+        ('[[hook]]\non = ["ban"]\n', 1, "hook[1]", "needs `run`"),
+        ('[[hook]]\non = ["ban"]\nrun = ["x"]\ntimeout = 5\n', 4, "hook[1].timeout", "duration"),
+        ('[[hook]]\non = ["ban"]\nrun = ["x"]\nshell = true\n', 4, "hook[1].shell", "unknown"),
+        ('[hook]\non = ["ban"]\n', 1, "hook", "write [[hook]]"),
+    ],
+)
+def test_everyone_and_hook_errors_name_line_and_key(
+    text: str, line: int, key: str, reason: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, "g.toml")
+    assert (caught.value.line, caught.value.key) == (line, key), str(caught.value)
+    assert reason in caught.value.reason
+
+
+def test_guardian_check_says_loudly_that_a_door_opens_to_everyone(tmp_path: Path) -> None:
+    # (guardian/checks.py's everyone warnings, through the real `guardian check`.)
+    path = tmp_path / "g.toml"
+    path.write_text(EVERYONE_DOOR + '\n[[hook]]\non = ["grant"]\nrun = ["notify"]\n')
+    done = subprocess.run(
+        [sys.executable, "-m", "guardian", "check", "-c", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "warning: DOOR 'everyone' OPENS TO EVERYONE" in done.stderr
+    assert "to EVERY address for 3m after a knock" in done.stderr
+    assert "DOOR 'ssh'" not in done.stderr
+    assert "hook[1] runs 'notify', not an absolute path" in done.stderr
+    unbounded = parse_config(EVERYONE_DOOR.replace('window = "180s"\n', ""), "g")
+    assert any("no window of its own" in w for w in config_warnings(unbounded))
+    assert not any("EVERYONE" in w for w in config_warnings(parse_config("", "g")))

@@ -27,6 +27,7 @@ LAYERS: tuple[tuple[int, tuple[str, ...]], ...] = (
         2,
         (
             "guardian.engine",
+            "guardian.engine.everyone",
             "guardian.parsers",
             "guardian.bpf",
             "guardian.checks",
@@ -40,6 +41,7 @@ LAYERS: tuple[tuple[int, tuple[str, ...]], ...] = (
         (
             "guardian.watchers",
             "guardian.effectors",
+            "guardian.effectors.hooks",
             "guardian.snapshot",
             "guardian.sshd_probe",
             "guardian.notify",

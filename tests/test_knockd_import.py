@@ -106,17 +106,45 @@ def test_missing_interface_is_noted() -> None:
     assert "no Interface: knockd listened on eth0 only" in notes_text(result)
 
 
-def test_seed003_converts_per_address_door_and_notes_the_everyone_door() -> None:
+def test_seed003_converts_to_a_source_door_and_an_everyone_door() -> None:
     result, config = convert("seed003.conf")
-    (door,) = config.doors
-    assert door.name == "openSSH"
+    source, everyone = config.doors
+    assert (source.name, source.open_to, source.window) == ("openSSH", "source", None)
+    assert source.sequence == tcp(7000, 8000, 9000)
     assert config.access.window == 30.0  # the per-address door's cmd_timeout, not 60
+    assert (everyone.name, everyone.open_to) == ("openSSH4everyone", "everyone")
+    assert everyone.sequence == tcp(5040, 6050, 7060)
+    assert everyone.window == 60.0  # its own cmd_timeout: a hard bound of its own
+    assert config.guard.ports == (22,)
     notes = notes_text(result)
-    assert (
-        "[openSSH4everyone] (line 14): not converted: its command opens to every address" in notes
-    )
-    assert 'open_to = "everyone"' in notes
+    assert "not converted" not in notes
+    assert "door 'openSSH4everyone': opens the guarded ports to EVERY address for 60s" in notes
     assert "/sbin/iptables -I INPUT 1 -p tcp --dport 22 -j ACCEPT" in notes
+
+
+def test_everyone_sections_pair_with_their_own_close_and_default_window() -> None:
+    text = """\
+[openAll]
+    sequence = 1111,2222,3333
+    tcpflags = syn
+    command = /sbin/iptables -I INPUT -p tcp --dport 22 -j ACCEPT
+[closeAll]
+    sequence = 3333,2222,1111
+    tcpflags = syn
+    command = /sbin/iptables -D INPUT -p tcp --dport 22 -j ACCEPT
+[openMine]
+    sequence = 4444,5555,6666
+    tcpflags = syn
+    command = /sbin/iptables -I INPUT -s %IP% -p tcp --dport 22 -j ACCEPT
+"""
+    result = import_knockd(text, "k.conf")
+    config = parse_config(result.toml, "converted.toml")
+    everyone, mine = config.doors
+    assert everyone.open_to == "everyone" and everyone.close == tcp(3333, 2222, 1111)
+    assert everyone.window == DEFAULT_WINDOW  # knockd kept it open until closeAll: bounded here
+    assert mine.open_to == "source" and mine.close == ()
+    assert "became the close sequence of door 'openAll'" in notes_text(result)
+    assert "knockd kept it open until a close sequence" in notes_text(result)
 
 
 def test_unknown_key_is_an_error_with_line() -> None:

@@ -241,14 +241,31 @@ def daemons(banlab: BanLab) -> Iterator[Daemons]:
         end_connections(banlab)
 
 
+def descendants(root: int) -> list[int]:
+    """Every process below `root` (sshd's per-connection monitors and their pre-auth children:
+    killing only the monitors leaves the children holding MaxStartups slots)."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        parents.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [root]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
 def end_connections(env: BanLab) -> None:
     """End sshd's per-connection processes (children of the lab's listener), e.g. one a ban
     left hanging: their last lines ("Connection closed ... [preauth]") must not arrive during
     the next test. Then give their lines a moment to reach journald and auth.log."""
-    done = subprocess.run(
-        ["pgrep", "-P", str(env.sshd.pid)], capture_output=True, text=True, timeout=10, check=False
-    )
-    children = [int(p) for p in done.stdout.split()]
+    children = descendants(env.sshd.pid)
     for pid in children:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)

@@ -17,6 +17,7 @@
 # Sessions are then counted from conntrack, which is per namespace.
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -39,8 +40,9 @@ from bench.status_load import CONFIG, DAEMON_ARGS, compare, probe, run_rounds
 from guardian.control_client import request
 from guardian.lab.guardian_proc import GuardianHandle, start_guardian
 from guardian.lab.netns import Lab, cleanup_stale
+from guardian.lab.nft import set_elements
 from guardian.lab.probes import knock
-from guardian.lab.sshd import SshdHandle, ssh_argv, start_sshd
+from guardian.lab.sshd import SshdHandle, prepare_var_log, ssh_argv, start_sshd
 from guardian.snapshot import StatusSnapshot, from_json
 from tests.test_control_peercred import GROUP, _ensure_user_and_group
 
@@ -108,9 +110,12 @@ def status_lab() -> Iterator[StatusLab]:
     sshd: SshdHandle | None = None
     try:
         lab.start()
-        sshd = start_sshd(lab)
+        # sshd writes its own btmp in the lab's /var/log (the path start_guardian gives the
+        # daemon), so failed logins reach the ban engine: a ban can appear on the dashboard.
+        sshd = start_sshd(lab, var_log=prepare_var_log(lab.workdir / "var_log").parent)
         # The last --socket wins over the one start_guardian passes.
         args = (*DAEMON_ARGS, "--read-group", GROUP, "--socket", str(sock))
+        args += ("--metrics-file", str(sock_dir / "guardian.prom"))
         handle = start_guardian(lab, CONFIG, extra_args=args)
         yield StatusLab(lab, sshd, handle, sock, ids)
     finally:
@@ -726,3 +731,75 @@ def test_100_status_clients_do_not_slow_knock_to_open(status_lab: StatusLab) -> 
     # the snapshot cache (one snapshot per 0.25 s for everyone), 17.6 % without it. 12 % leaves
     # room for a slower machine and catches a daemon that builds a snapshot per request.
     assert result["with_status_clients"]["daemon_cpu_percent"] <= 12.0, json.dumps(result, indent=2)
+
+
+# ---- a ban appears as it happens -----------------------------------------------------------------
+
+
+def test_status_under_tmux_shows_a_ban_as_it_happens(status_lab: StatusLab, tmux: Tmux) -> None:
+    """The client guesses passwords for a user that does not exist (each guess: two btmp
+    records, "invalid user" and "failed password"); at the default maxretry it is banned. The
+    dashboard shows the ban within 1 s of the kernel having it; `guardian unban` lifts it."""
+    lab, client = status_lab.lab, status_lab.client
+    rec = Recorder(ARTIFACTS / "tmux_ban")
+    tmux.start(guardian_argv("status", "-s", str(status_lab.socket)), 100)
+    watch(tmux, rec, "started", lambda s: "ssh-guardian" in s, timeout=15.0)
+    knocked = knock(lab, "client", status_lab.server, OPEN_KNOCKS)  # to reach sshd at all
+    assert knocked.returncode == 0, knocked.stderr
+    guess = [
+        "sshpass", "-e", "ssh", "-o", "StrictHostKeyChecking=no", "-o",
+        "UserKnownHostsFile=/dev/null", "-o", "PubkeyAuthentication=no", "-o",
+        "NumberOfPasswordPrompts=1", "-o", "ConnectTimeout=2", f"nosuchuser@{status_lab.server}",
+        "true",
+    ]  # fmt: skip
+    banned_at = None
+    try:
+        for _ in range(6):  # bounded: the ban comes at the third guess
+            # A timeout: banned mid-guess, the established connection is dropped.
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                lab.run("client", guess, env=clean_env(SSHPASS="wrong"), timeout=4)
+            if client in set_elements(lab, "server", "ban4"):
+                banned_at = time.monotonic()
+                break
+        assert banned_at is not None, "the client was never banned"
+        rec.note("the client's ban is in the kernel")
+        screen, took = watch(
+            tmux, rec, "banned", lambda s: f"{client}/32" in s, timeout=5.0, since=banned_at
+        )
+        rec.note(f"ban shown {took:.3f}s after it was in the kernel")
+        assert f"{client}/32" in screen, screen
+        assert took <= 1.0, f"the ban took {took:.2f}s to appear"
+        assert re.search(r"^Bans \(1\)", screen, re.MULTILINE), screen
+    finally:
+        run_guardian("unban", client, "-s", str(status_lab.socket))
+    # The Bans section empties (the events list goes on naming the network: "... lifted").
+    screen, took = watch(tmux, rec, "unbanned", lambda s: "No bans." in s, timeout=5.0)
+    assert "No bans." in screen, screen
+    assert "lifted by the operator" in screen, screen
+    assert client not in set_elements(lab, "server", "ban4")
+
+
+# ---- the Prometheus textfile ---------------------------------------------------------------------
+
+
+def test_the_live_daemon_writes_its_metrics_textfile(status_lab: StatusLab) -> None:
+    """--metrics-file: rewritten atomically every 15 s for node_exporter's textfile collector; a
+    grant shows in it at the next rewrite."""
+    prom = status_lab.socket.parent / "guardian.prom"
+    deadline = time.monotonic() + 5.0
+    while not prom.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    text = prom.read_text()
+    assert "# TYPE guardian_info gauge" in text
+    assert re.search(r"^guardian_table_installed 1$", text, re.MULTILINE), text
+    assert re.search(r"^guardian_watcher_up\{watcher=\"knock\"\} 1$", text, re.MULTILINE), text
+    assert oct(prom.stat().st_mode & 0o777) == "0o644"
+    status_lab.wait_no_grants()
+    knocked = knock(status_lab.lab, "client", status_lab.server, OPEN_KNOCKS)
+    assert knocked.returncode == 0, knocked.stderr
+    before = prom.stat().st_mtime
+    deadline = time.monotonic() + 20.0  # one METRICS_INTERVAL (15 s) and some
+    while prom.stat().st_mtime == before and time.monotonic() < deadline:
+        time.sleep(0.2)
+    text = prom.read_text()
+    assert re.search(r'^guardian_grants\{state="window"\} 1$', text, re.MULTILINE), text

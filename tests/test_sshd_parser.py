@@ -274,13 +274,18 @@ def test_traditional_clock_matches_its_definition(zone: str, reference_day: str)
         for minute in minutes:
             hms = f"{when.hour:02d}:{minute:02d}:{rng.randrange(60):02d}"
             mon, day = _MONTH_NAMES[when.month - 1], str(when.day)
-            assert clock.seconds(mon, day, hms) == _traditional_seconds(mon, day, hms, reference)
+            for text in (f"{mon} {day:>2} {hms}", f"{mon} {day:0>2} {hms}", f"{mon} {day} {hms}"):
+                assert clock.stamp(text) == _traditional_seconds(mon, day, hms, reference), text
             checked += 1
     for mon, day, hms in (("Feb", "29", "12:00:00"), ("Feb", "30", "00:00:00"),
                           ("Apr", "31", "00:00:00"), ("Dec", "31", "23:59:59"),
                           ("Jan", "1", "24:00:00"), ("Jan", "1", "00:60:00"),
-                          ("Jan", "1", "00:00:60"), ("Foo", "1", "00:00:00")):  # fmt: skip
-        assert clock.seconds(mon, day, hms) == _traditional_seconds(mon, day, hms, reference)
+                          ("Jan", "1", "00:00:60"), ("Foo", "1", "00:00:00"),
+                          ("Jan", "\u0661", "00:00:00"), ("Jan", "1", "0\u0661:00:00"),
+                          ("Jan", "1", "00:\u0661\u0661:00")):  # fmt: skip
+        assert clock.stamp(f"{mon} {day:>2} {hms}") == _traditional_seconds(
+            mon, day, hms, reference
+        )
     assert checked > 26_000
 
 

@@ -17,7 +17,7 @@ import nftables  # Debian's python3-nftables; reachable from a --system-site-pac
 
 from guardian.actions import Action
 from guardian.addresses import IPAddress, IPNetwork, parse_address
-from guardian.config import DEFAULT_IPV6_PREFIX, TABLE_NAME, Config
+from guardian.config import DEFAULT_IPV6_PREFIX, DEFAULT_PORTS, TABLE_NAME, Config
 from guardian.effectors.nft_dump import DumpError, SetDumper
 from guardian.effectors.nft_rules import (
     ALLOW4,
@@ -25,6 +25,7 @@ from guardian.effectors.nft_rules import (
     BAN4,
     BANNET4,
     BANNET6,
+    EVERYONE,
     FAMILY,
     Command,
     ban6_migration_commands,
@@ -53,6 +54,7 @@ class NftEffector:
         self._nft.set_json_output(True)
         self._dumper = SetDumper()  # table and set listings, big sets (nft_dump.py)
         self._ipv6_prefix = DEFAULT_IPV6_PREFIX  # of the config installed last
+        self._ports: tuple[int, ...] = DEFAULT_PORTS  # guarded ports of the config installed last
 
     def close(self) -> None:
         """Release the raw netlink socket (the libnftables contexts go with the object)."""
@@ -66,7 +68,7 @@ class NftEffector:
     def apply_actions(self, actions: Sequence[Action]) -> None:
         """One engine step's actions as one transaction (Notices and RecordOffence are ignored),
         bans routed by the ipv6_prefix of the config installed last."""
-        self.apply(commands_for(actions, ipv6_prefix=self._ipv6_prefix))
+        self.apply(commands_for(actions, ipv6_prefix=self._ipv6_prefix, ports=self._ports))
 
     def install(self, config: Config) -> None:
         """Install or re-install table inet guardian for this config; grants and bans stay. If
@@ -79,6 +81,7 @@ class NftEffector:
             commands += ban6_migration_commands(moved, [n for n, _ in self._interval_bans(BANNET6)])
         self.apply(commands)
         self._ipv6_prefix = prefix
+        self._ports = config.guard.ports
 
     def remove_table(self) -> None:
         """Remove table inet guardian with every grant in it; no error when it is absent."""
@@ -116,6 +119,23 @@ class NftEffector:
                 if grant is not None:
                     grants.append(grant)
         return grants
+
+    def everyone_left(self) -> float | None:
+        """Seconds an everyone door's window has left in the kernel (the shortest of its ports'
+        elements: it never outlives the window), or None when none is open. A permanent element
+        (added by hand) counts as 0: it is closed at once rather than adopted forever."""
+        if EVERYONE not in self._set_names():
+            return None
+        left: list[float] = []
+        for element in self._set_elements(EVERYONE):
+            if isinstance(element, dict) and isinstance(element.get("elem"), dict):
+                inner = element["elem"]
+                seconds = inner.get("expires", inner.get("timeout"))
+                if isinstance(seconds, int | float) and not isinstance(seconds, bool):
+                    left.append(float(seconds))
+                    continue
+            left.append(0.0)
+        return min(left) if left else None
 
     def list_bans(self) -> list[ListedBan]:
         """Every ban in the kernel now: (network, seconds left; None = permanent), for the

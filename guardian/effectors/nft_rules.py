@@ -36,6 +36,13 @@
 #   whatever was banned. [ban] scope = "guarded" limits them to the guarded TCP ports.
 # - The set name carries P: after ipv6_prefix changes, NftEffector.install moves the old set's
 #   prefixes into bannet6 (with the time they had left) and deletes it (ban6_migration_commands).
+#
+# Everyone doors (verified on nftables 1.0.6, tests/test_lab_everyone.py): set `everyone` (type
+# inet_service, flags timeout) holds the guarded ports while an open_to = "everyone" door is open,
+# each with the window as its kernel timeout, and the rule `tcp dport @everyone accept` follows
+# the grant rules. So the kernel closes it by itself at the window's end, whatever the daemon
+# does; a restarted daemon reads the time left (never extends it); ban rules come first, so bans
+# still apply; `ct state established` comes first too, so sessions started meanwhile go on.
 from __future__ import annotations
 
 import copy
@@ -47,7 +54,9 @@ from typing import Any, TypeAlias, assert_never
 from guardian.actions import (
     Action,
     Ban,
+    CloseEveryone,
     Notice,
+    OpenEveryone,
     OpenGrant,
     RecordOffence,
     RefreshGrant,
@@ -55,7 +64,7 @@ from guardian.actions import (
     Unban,
 )
 from guardian.addresses import IPAddress, IPNetwork, normalize
-from guardian.config import DEFAULT_IPV6_PREFIX, MAX_BAN_TIME, TABLE_NAME, Config
+from guardian.config import DEFAULT_IPV6_PREFIX, DEFAULT_PORTS, MAX_BAN_TIME, TABLE_NAME, Config
 from guardian.engine.bans import unmap_network, uses_interval_set
 
 # One libnftables JSON command object, e.g. {"add": {"element": {...}}}.
@@ -70,6 +79,7 @@ BAN4 = "ban4"  # banned IPv4 addresses (hash, timeouts)
 BAN6_PREFIX = "ban6_"  # + [ban] ipv6_prefix: banned IPv6 prefixes of that length (hash, timeouts)
 BANNET4 = "bannet4"  # banned IPv4 networks (interval, timeouts)
 BANNET6 = "bannet6"  # banned IPv6 networks of any other length (interval, timeouts)
+EVERYONE = "everyone"  # guarded ports open to every source (an everyone door; timeouts)
 CHAIN = "input"
 # Ahead of the usual `filter` priority (0) so the gate is decided before a host firewall's
 # input chain; an accept here does not override a drop there (spec/platform.md).
@@ -127,6 +137,7 @@ def install_commands(config: Config) -> list[Command]:
         _add_set(ban6_set(config.ban.ipv6_prefix), "ipv6_addr", "timeout"),
         _add_set(BANNET4, "ipv4_addr", "interval", "timeout"),
         _add_set(BANNET6, "ipv6_addr", "interval", "timeout"),
+        _add_set(EVERYONE, "inet_service", "timeout"),
         {
             "add": {
                 "chain": {
@@ -206,6 +217,8 @@ def _chain_rules(config: Config) -> list[list[dict[str, Any]]]:
         [*gate, _match(_payload("ip6", "saddr"), f"@{TRUSTED6}"), {"accept": None}],
         [*gate, _match(_payload("ip", "saddr"), f"@{ALLOW4}"), {"accept": None}],
         [*gate, _match(_payload("ip6", "saddr"), f"@{ALLOW6}"), {"accept": None}],
+        # An everyone door: its set holds the guarded ports while the window lasts.
+        [*gate[:-1], _match(_payload("tcp", "dport"), f"@{EVERYONE}"), {"accept": None}],
     ]
     # "reset" answers exactly like a closed port; "drop" like a filtered one.
     answer: dict[str, Any] = (
@@ -275,6 +288,28 @@ def revoke_commands(source: IPAddress) -> list[Command]:
         _element_command("add", name, [str(address)]),
         _element_command("delete", name, [str(address)]),
     ]
+
+
+# ---------------------------------------------------------------------------------------------
+# Everyone doors
+
+
+def everyone_commands(ports: Sequence[int], timeout: float) -> list[Command]:
+    """Open the guarded ports to every source for `timeout` seconds (the kernel closes them)."""
+    values = sorted(set(ports))
+    if not values:
+        return []
+    timed = [{"elem": {"val": port, "timeout": kernel_timeout(timeout)}} for port in values]
+    return [
+        _element_command("add", EVERYONE, list(values)),
+        _element_command("delete", EVERYONE, list(values)),
+        _element_command("add", EVERYONE, timed),
+    ]
+
+
+def close_everyone_commands() -> list[Command]:
+    """Close an everyone window now; idempotent (flushing an empty set is fine)."""
+    return [{"flush": {"set": {"family": FAMILY, "table": TABLE_NAME, "name": EVERYONE}}}]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -356,11 +391,15 @@ def ban6_migration_commands(
 
 
 def commands_for(
-    actions: Sequence[Action], *, ipv6_prefix: int = DEFAULT_IPV6_PREFIX
+    actions: Sequence[Action],
+    *,
+    ipv6_prefix: int = DEFAULT_IPV6_PREFIX,
+    ports: Sequence[int] = DEFAULT_PORTS,
 ) -> list[Command]:
     """The commands for one engine step, in action order, to be applied as one transaction.
 
-    ipv6_prefix must be the installed config's [ban] ipv6_prefix (it decides the ban sets).
+    ipv6_prefix must be the installed config's [ban] ipv6_prefix (it decides the ban sets), and
+    ports its guarded ports (what an everyone door opens).
     Notices and RecordOffence (the state store's business) produce no commands."""
     commands: list[Command] = []
     for action in actions:
@@ -373,6 +412,10 @@ def commands_for(
                 commands += ban_commands(action.network, action.timeout, ipv6_prefix)
             case Unban():
                 commands += unban_commands(action.network, ipv6_prefix)
+            case OpenEveryone():
+                commands += everyone_commands(ports, action.timeout)
+            case CloseEveryone():
+                commands += close_everyone_commands()
             case Notice() | RecordOffence():
                 pass
             case _:

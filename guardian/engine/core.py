@@ -24,6 +24,10 @@
 # sessions (no journal, or require_auth = false) protect nobody from a ban, or an attacker's own
 # connections would shield it whenever the journal is down.
 #
+# Everyone doors (open_to = "everyone"; the rules are in everyone.py): a completed knock opens the
+# guarded ports to every source for the door's window, never extended; adopt_everyone() takes the
+# kernel's remaining time at start-up.
+#
 # Clocks: `now` is the caller's monotonic clock. The ban rules also need the wall clock (log lines
 # carry wall-clock times; offence histories are kept in epoch seconds): pass it as `wall`. When a
 # call leaves it out, the engine assumes the wall clock moved as `now` did since the last call
@@ -46,8 +50,10 @@ from guardian.config import (
     MAX_FAILURE_SOURCES,
     MAX_OFFENCES,
     Config,
+    door_window,
 )
 from guardian.engine.bans import BanTable, BanView
+from guardian.engine.everyone import EveryoneView, EveryoneWindow
 from guardian.engine.grants import GrantTable, GrantView
 from guardian.engine.knock import KnockCompleted, KnockFailed, KnockOutcome, KnockTracker
 from guardian.engine.sessions import AuthState, Change, ChangeKind, ConnectionTable, SessionView
@@ -71,6 +77,7 @@ from guardian.events import (
 )
 
 OPERATOR_DOOR = "operator"
+ADOPTED_EVERYONE = "adopted-everyone"  # door name of an everyone window of unknown origin
 REASON_CLOSE_SEQUENCE = "close sequence"
 
 # Every counter the engine keeps; all start at 0 so a snapshot always carries the same keys.
@@ -133,6 +140,11 @@ COUNTER_NAMES: tuple[str, ...] = (
     "unbans",  # bans lifted by the operator
     "offences_loaded",  # offence histories taken from the state store at start-up
     "offences_forgotten",  # histories dropped (too old, over the cap, or by the operator)
+    # everyone doors; see engine/everyone.py
+    "everyone_opened",  # everyone windows opened by a knock
+    "everyone_not_extended",  # knocks of an everyone door while a window was open (no effect)
+    "everyone_closed",  # everyone windows closed (their end, or a close sequence)
+    "everyone_adopted",  # everyone windows found in the kernel at start-up
 )
 
 
@@ -154,6 +166,7 @@ class EngineSnapshot:
     failure_sources: int = 0  # sources (or IPv6 prefixes) with failures being counted
     failures_by_origin: Mapping[str, int] = field(default_factory=dict)  # reports per watcher
     failures_by_rule: Mapping[str, int] = field(default_factory=dict)  # reports per sshd rule
+    everyone: EveryoneView | None = None  # the open everyone window, if any
 
 
 class Engine:
@@ -197,6 +210,7 @@ class Engine:
             max_joins=max_failure_joins,
             max_offences=max_offences,
         )
+        self._everyone = EveryoneWindow(self._counters)
         self._last_now: float | None = None
         self._wall_offset = 0.0  # wall - now at the last call that gave the wall clock
 
@@ -263,6 +277,7 @@ class Engine:
                 self._conns.next_deadline(),
                 self._grants.next_deadline(),
                 self._bans.next_deadline(),
+                self._everyone.next_deadline(),
             )
             if d is not None
         ]
@@ -296,6 +311,15 @@ class Engine:
         actions += self._bans.found(found, now, wall_now)
         return actions + self._run_due(now)
 
+    def adopt_everyone(self, expires_in: float, now: float) -> list[Action]:
+        """Start-up: the kernel still holds an everyone window with `expires_in` seconds left.
+        It keeps exactly that time (a restart never extends it); the door is the config's only
+        everyone door, else ADOPTED_EVERYONE."""
+        now = self._advance_clock(now)
+        everyone = [d.name for d in self._config.doors if d.open_to == "everyone"]
+        door = everyone[0] if len(everyone) == 1 else ADOPTED_EVERYONE
+        return self._everyone.adopt(door, expires_in, now) + self._run_due(now)
+
     def banned(self, address: IPAddress) -> IPNetwork | None:
         """The tracked ban covering this address, if any."""
         return self._bans.covering(address)
@@ -322,6 +346,7 @@ class Engine:
             failure_sources=self._bans.failure_sources,
             failures_by_origin=dict(self._bans.by_origin),
             failures_by_rule=dict(self._bans.by_rule),
+            everyone=self._everyone.view(),
         )
 
     # -- events --------------------------------------------------------------------------------
@@ -345,6 +370,14 @@ class Engine:
     def _on_completed(self, done: KnockCompleted, now: float) -> list[Action]:
         self._counters["knocks_completed"] += 1
         source, door = done.source, done.matcher.door.name
+        if done.matcher.door.open_to == "everyone":
+            # Trusted sources too: opening for everyone is the point (a friend, a phone).
+            if done.matcher.kind == "close":
+                closed = self._everyone.close(REASON_CLOSE_SEQUENCE, source)
+                detail = "close sequence" if closed else "close sequence, nothing open"
+                return _cause_first(closed, Notice("knock_completed", source, door, detail))
+            window = door_window(done.matcher.door, self._config.access)
+            return self._everyone.open(door, window, now, source)
         if done.matcher.kind == "close":
             if source not in self._grants:
                 return [
@@ -354,7 +387,8 @@ class Engine:
             return _cause_first(effects, Notice("knock_completed", source, door, "close sequence"))
         if in_any(source, self._config.guard.trusted):
             return [Notice("knock_completed", source, door, "trusted, no grant needed")]
-        effects = self._grants.open(source, door, self._config.access.window, now)
+        window = door_window(done.matcher.door, self._config.access)
+        effects = self._grants.open(source, door, window, now)
         return _cause_first(effects, Notice("knock_completed", source, door))
 
     def _on_connections(
@@ -499,6 +533,7 @@ class Engine:
                         self._conns.next_deadline(),
                         self._grants.next_deadline(),
                         self._bans.next_deadline(),
+                        self._everyone.next_deadline(),
                     )
                 )
                 if at is not None and at <= now
@@ -521,6 +556,8 @@ class Engine:
                 if expired is None:
                     raise AssertionError("a due grant deadline did not expire")
                 actions += expired
+            elif rank == 4:
+                actions += self._everyone.expire(now)
             else:
                 lifted = self._bans.expire_next(now)
                 if lifted is None:

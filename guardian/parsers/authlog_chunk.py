@@ -18,12 +18,16 @@
 #   * Lines the regex does not match at all (other programs, and sshd lines in any other format:
 #     RFC 5424, no host, odd white space) lie in the gaps between matches; a gap is searched for
 #     "sshd" in C and only such lines go through parse_syslog_line, exactly as line by line.
-#   * The time and address conversions are the per-line path's own memoised functions.
+#   * The time and address conversions are the per-line path's own memoised functions, and the
+#     multi-line rules are SshdDetector's own (feed_fields: the fields, no SshdMessage built).
+# API: scan_chunk(text, detector, reference) for text in hand; scan_byte_chunks(pieces, ...) for
+# a byte stream read in pieces (decoding, partial last lines and memory bounds handled).
 # tests/test_authlog_chunk.py checks equivalence with the per-line path on generated and
 # adversarial logs, cut into chunks at every kind of boundary.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -39,7 +43,9 @@ from guardian.parsers.sshd_messages import (
 )
 from guardian.parsers.syslog_line import _rfc3339_time, parse_syslog_line, traditional_clock
 
-__all__ = ["ScanCounts", "scan_chunk"]
+__all__ = ["MAX_LINE", "ScanCounts", "scan_byte_chunks", "scan_chunk"]
+
+MAX_LINE = 1 << 20  # scan_byte_chunks: a "line" longer than this is scanned in pieces
 
 _HOST = r"\S*[^\s:]"  # no white space, and no ':' before the " port" that follows
 _PORT = r"[0-9]{1,10}"
@@ -108,7 +114,8 @@ _CONNECTION_RULES = {
     "reset": "connection_reset",
 }
 
-_MEMO_LIMIT = 4096
+_MEMO_LIMIT = 4096  # entries per memo
+_MEMO_TEXT = 256  # longest message memoised
 _memos: dict[str, dict[str, SshdMessage | None]] = {"normal": {}, "aggressive": {}}
 
 
@@ -304,9 +311,11 @@ def scan_chunk(
                 stamp, pid, message = m.group(*_OTHER_GROUPS)
                 msg = memo.get(message, _UNKNOWN)
                 if msg is _UNKNOWN:
-                    if len(memo) >= _MEMO_LIMIT:
-                        memo.clear()
-                    msg = memo[message] = parse_message(message, mode)
+                    msg = parse_message(message, mode)
+                    if len(message) <= _MEMO_TEXT:  # the memo's size stays bounded
+                        if len(memo) >= _MEMO_LIMIT:
+                            memo.clear()
+                        memo[message] = msg
                 if msg is None:
                     continue
                 detections = feed_message(int(pid), msg, seconds(stamp) or stamp_time(stamp))
@@ -325,6 +334,38 @@ def scan_chunk(
 
 
 _UNKNOWN = SshdMessage("not_failure", "")  # memo sentinel: never a parse result (no rule "")
+
+
+def scan_byte_chunks(
+    chunks: Iterable[bytes],
+    detector: SshdDetector,
+    reference: datetime | None = None,
+    *,
+    counts: ScanCounts | None = None,
+    max_line: int = MAX_LINE,
+) -> Iterator[list[Detection]]:
+    """scan_chunk over a byte stream read in pieces, e.g. iter(partial(file.read, 1 << 20), b""):
+    each piece's whole lines are decoded (UTF-8, invalid bytes replaced, as the auth.log
+    watcher decodes) and scanned; the partial last line waits for the next piece; the end of
+    the stream ends it. Yields one list of detections per piece (possibly empty).
+
+    Memory stays bounded by a piece plus max_line: a partial line grown beyond max_line bytes
+    (no syslog daemon writes one; rsyslog's default limit is 8 KiB) is scanned as it is."""
+    tail = b""
+    for chunk in chunks:
+        data = tail + chunk if tail else chunk
+        cut = data.rfind(b"\n") + 1
+        if len(data) - cut > max_line:
+            cut = len(data)
+        tail = data[cut:]
+        if cut:
+            text = data[:cut].decode("utf-8", "replace")
+            yield scan_chunk(text, detector, reference, final=True, counts=counts)[0]
+        else:
+            yield []
+    if tail:
+        text = tail.decode("utf-8", "replace")
+        yield scan_chunk(text, detector, reference, final=True, counts=counts)[0]
 
 
 def _per_line(

@@ -168,7 +168,7 @@ def _traditional_time(m: re.Match[str], reference: datetime | None) -> float | N
     clock = traditional_clock(reference)
     if clock is None:
         return None
-    # "Mon DD HH:MM:SS" is one contiguous slice of the line: the clock's memo key.
+    # "Mon DD HH:MM:SS" is one contiguous slice of the line
     seconds = clock.stamp(m.string[m.start("mon") : m.end("hms")])
     frac = m["frac"]
     if seconds is None or not frac:
@@ -180,84 +180,79 @@ class TraditionalClock:
     """Places traditional timestamps ("Mar  1 00:00:00": no year, no zone) for one reference.
 
     The year is the reference's, or the one before when that would put the line more than a day
-    after the reference (December's lines read in January). Speed: a line's second is memoised
-    by its text, and a miss costs no zone lookup when its hour is known: within an hour whose
-    UTC offset does not change, a time is the hour's start plus minutes and seconds (the hours
-    around a daylight-saving change are computed second by second)."""
+    after the reference (December's lines read in January). Speed: within an hour whose UTC
+    offset does not change, a time is the hour's first second plus minutes and seconds, so the
+    zone is asked once per hour ("Mon DD HH", memoised by its text) and "MM:SS" is a table
+    lookup; the hours around a daylight-saving change, invalid dates and other digits than
+    0-9 take the plain datetime computation (_traditional_seconds' definition)."""
 
-    __slots__ = ("_hours", "_irregular", "_limit", "_year", "_zone", "memo")
+    __slots__ = ("_hours", "_limit", "_reference", "_year", "_zone")
 
     def __init__(self, reference: datetime) -> None:
         zone = reference.tzinfo
         if zone is None:
             raise ValueError("reference must be an aware datetime")
+        self._reference = reference
         self._zone: tzinfo = zone
         self._year = reference.year
         self._limit = reference.timestamp() + _FUTURE_SLACK.total_seconds()
-        # stamp text -> seconds; bulk callers may read it directly (stamp() fills it)
-        self.memo: dict[str, float | None] = {}
-        self._hours: dict[tuple[int, int, int, int], float] = {}  # hour -> its first second
-        self._irregular: set[tuple[int, int, int, int]] = set()  # invalid hours, DST changes
+        # "Mon DD HH" -> first second of that hour in the reference's year and the year before
+        # (None: that hour is not linear, or not a real hour)
+        self._hours: dict[str, tuple[float | None, float | None]] = {}
 
     def stamp(self, text: str) -> float | None:
-        """Seconds since the epoch of "Mon D HH:MM:SS" (day padded with spaces or not; digits
-        as the line's regex matched them), None when it names no real local time."""
-        memo = self.memo
-        if text in memo:
-            return memo[text]
-        if len(memo) >= _CACHE_LIMIT:
-            memo.clear()
-        day, _, hms = text[3:].lstrip(" ").partition(" ")
-        seconds = memo[text] = self.seconds(text[:3], day, hms)
-        return seconds
-
-    def seconds(self, mon: str, day: str, hms: str) -> float | None:
-        month = _MONTHS.get(mon)
-        if month is None or len(hms) != 8:
-            return None
-        try:
-            day_number = int(day)
-            hour, minute, second = int(hms[0:2]), int(hms[3:5]), int(hms[6:8])
-        except ValueError:
-            return None
-        if not (0 <= minute < 60 and 0 <= second < 60):
-            return None  # datetime() would refuse them too
-        offset = minute * 60 + second
-        seconds = self._place(self._year, month, day_number, hour, offset, hms)
-        if seconds is not None and seconds > self._limit:
-            seconds = self._place(self._year - 1, month, day_number, hour, offset, hms)
-        return seconds
-
-    def _place(
-        self, year: int, month: int, day: int, hour: int, offset: int, hms: str
-    ) -> float | None:
-        key = (year, month, day, hour)
-        start = self._hours.get(key)
-        if start is None and key not in self._irregular:
-            start = self._linear_hour(year, month, day, hour)
-            if len(self._hours) >= _CACHE_LIMIT or len(self._irregular) >= _CACHE_LIMIT:
-                self._hours.clear()
-                self._irregular.clear()
+        """Seconds since the epoch of "Mon DD HH:MM:SS" (as the line regexes match it: the day
+        padded with spaces or a 0, or not), None when it names no real local time."""
+        hour = self._hours.get(text[:-6])  # "Mon DD HH"
+        if hour is None:
+            hour = self._hour(text[:-6])
+        offset = _MINUTE_SECOND.get(text[-5:])
+        start = hour[0]
+        if start is None or offset is None:
+            return self._exact(text)
+        seconds = start + offset
+        if seconds > self._limit:  # more than a day ahead: last year's
+            start = hour[1]
             if start is None:
-                self._irregular.add(key)
-            else:
-                self._hours[key] = start
-        if start is None:
-            return _local_seconds(year, month, day, hms, self._zone)  # invalid, or a DST hour
-        return start + offset
+                return self._exact(text)
+            seconds = start + offset
+        return seconds
 
-    def _linear_hour(self, year: int, month: int, day: int, hour: int) -> float | None:
+    def _hour(self, text: str) -> tuple[float | None, float | None]:
+        month = _MONTHS.get(text[:3])
+        day, _, hour = text[3:].lstrip(" ").partition(" ")
+        starts: tuple[float | None, float | None] = (None, None)
+        digits = day.isascii() and day.isdigit() and hour.isascii() and hour.isdigit()
+        if month is not None and digits and len(hour) == 2:
+            starts = (
+                self._linear_hour(self._year, month, int(day), hour),
+                self._linear_hour(self._year - 1, month, int(day), hour),
+            )
+        if len(self._hours) >= _CACHE_LIMIT:
+            self._hours.clear()
+        self._hours[text] = starts
+        return starts
+
+    def _linear_hour(self, year: int, month: int, day: int, hour: str) -> float | None:
         """The hour's first second when its UTC offset is the same all through it, else None."""
-        first = _local_seconds(year, month, day, f"{hour:02d}:00:00", self._zone)
+        first = _local_seconds(year, month, day, f"{hour}:00:00", self._zone)
         if first is None:
             return None
-        middle = _local_seconds(year, month, day, f"{hour:02d}:30:00", self._zone)
-        last = _local_seconds(year, month, day, f"{hour:02d}:59:59", self._zone)
+        middle = _local_seconds(year, month, day, f"{hour}:30:00", self._zone)
+        last = _local_seconds(year, month, day, f"{hour}:59:59", self._zone)
         if middle is None or last is None or middle - first != 1800 or last - first != 3599:
             return None
         return first
 
+    def _exact(self, text: str) -> float | None:
+        day, _, hms = text[3:].lstrip(" ").partition(" ")
+        try:
+            return _traditional_seconds(text[:3], day, hms, self._reference)
+        except ValueError:  # int() of a day that is no number
+            return None
 
+
+_MINUTE_SECOND = {f"{m:02d}:{s:02d}": m * 60 + s for m in range(60) for s in range(60)}
 _clocks: dict[tuple[datetime, tzinfo | None, int], TraditionalClock] = {}
 
 

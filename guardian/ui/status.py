@@ -60,6 +60,8 @@ def render_status(
     """The whole dashboard. max_rows caps each table (the live view passes what fits the screen);
     None shows every row."""
     sections: list[RenderableType] = [render_header(snapshot, width)]
+    if snapshot.everyone is not None:
+        sections.append(render_everyone(snapshot))
     sections.append(render_grants(snapshot, width, max_rows=max_rows))
     if snapshot.sessions is not None:
         sections.append(render_sessions(snapshot, snapshot.sessions, width, max_rows=max_rows))
@@ -196,10 +198,23 @@ def _t(text: str, style: str = "") -> Text:
     return Text(text, style=style, no_wrap=True)
 
 
+def render_everyone(snapshot: StatusSnapshot) -> RenderableType:
+    """An everyone door's open window: a state of its own, loud, with its countdown."""
+    e = snapshot.everyone
+    if e is None:
+        return Text("")
+    return Text(
+        f"OPEN TO EVERYONE (door {e.door}): closes in {span(e.time_left)}, never extended",
+        style="bold red",
+    )
+
+
 def render_grants(
     snapshot: StatusSnapshot, width: int = WIDE, *, max_rows: int | None = None
 ) -> RenderableType:
     grants = snapshot.grants
+    if not grants and snapshot.everyone is not None:
+        return Text("No per-source grants.")
     if not grants:
         return Text("No grants: the guarded ports are closed to all but trusted sources.")
     wide = width >= WIDE

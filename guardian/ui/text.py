@@ -35,8 +35,9 @@ def columns(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 def grants_text(snapshot: StatusSnapshot) -> str:
+    text = _everyone_text(snapshot)
     if not snapshot.grants:
-        return "no grants\n"
+        return text + "no grants\n"
     taken_at = snapshot.header.taken_at
     rows = [
         (
@@ -49,7 +50,15 @@ def grants_text(snapshot: StatusSnapshot) -> str:
         )
         for g in snapshot.grants
     ]
-    return columns(("SOURCE", "DOOR", "STATE", "SESSIONS", "TIME LEFT", "OPENED"), rows)
+    return text + columns(("SOURCE", "DOOR", "STATE", "SESSIONS", "TIME LEFT", "OPENED"), rows)
+
+
+def _everyone_text(snapshot: StatusSnapshot) -> str:
+    """An everyone door's open window, above the grants (nothing when none is open)."""
+    e = snapshot.everyone
+    if e is None:
+        return ""
+    return f"OPEN TO EVERYONE (door {e.door}): closes in {span(e.time_left)}, never extended\n"
 
 
 def sessions_text(snapshot: StatusSnapshot) -> str:
