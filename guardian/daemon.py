@@ -282,6 +282,9 @@ class Daemon:
             else:
                 self._btmp = btmp
                 self._selector.register(btmp, selectors.EVENT_READ, self._on_btmp_readable)
+                # What was written while we were down raises no inotify event: read it now
+                # (bounded; more_pending carries a large backlog over the next wake-ups).
+                self._on_btmp_readable(0)
         else:
             self._down["btmp"] = "not in [ban] sources"
         if "authlog" in sources:
@@ -300,6 +303,7 @@ class Daemon:
             else:
                 self._authlog = authlog
                 self._selector.register(authlog, selectors.EVENT_READ, self._on_authlog_readable)
+                self._on_authlog_readable(0)  # the backlog written while we were down
         else:
             self._down["authlog"] = "not in [ban] sources"
 

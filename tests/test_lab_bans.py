@@ -15,7 +15,13 @@
 #   another lab's sshd lines may reach this daemon; its lab hosts use 192.0.2.1-4, never these.
 #   The ban-at-exactly-maxretry checks are per source and immune to that; the global counters
 #   (failures_seen, failures_counted) are exact only while nobody else logs sshd failures, and
-#   their assertion messages list foreign auth.log lines when there are any.
+#   their assertion messages list the other sshd lines (auth.log and journal) when they fail.
+#   Between tests, the connections a ban left hanging are ended (their late "Connection closed
+#   ... [preauth]" lines would count in the next test's aggressive mode).
+# - Counts per origin: `guardian status --json` has failures_seen (reports from every origin),
+#   failures_joined and failures_counted (attempts), not a per-origin breakdown (the engine's
+#   snapshot has failures_by_origin; the status document leaves it out). So the per-origin
+#   checks run daemons with one source each ([ban] sources = [X], --no-journal).
 # - Counts per attempt (spec/sshd-events.md §4; checked on this sshd by the tests themselves):
 #   normal mode, a wrong password for root = 1 failure ("Failed password"), an invalid user
 #   with a wrong password = 2 ("Invalid user" + "Failed password ... invalid user"), a TCP close
@@ -27,8 +33,14 @@
 #   line. copytruncate waits until the daemon has read what was written: lines written between
 #   logrotate's copy and its truncate are lost for every reader (logrotate(8) says so), so no
 #   tail of the live file can promise them.
-# - Big files (600 MB btmp, 1 GB auth.log) are real content, not sparse: written under /var/tmp
-#   (never in the lab's work dir, which failing tests copy to artifacts/) and always deleted.
+# - Big files (600 MiB btmp = 1,638,400 records; 1.05 GB auth.log = 10M lines) are real content,
+#   not sparse: a start-up that read them would have to parse them, and the last minutes of
+#   each hold a burst that a replay at start-up would ban. The auth.log is a 1M-line block of
+#   bench/gen_authlog.py repeated with the months January..October. Written under /var/tmp
+#   (never in the lab's work dir, which failing tests copy to artifacts/; ~15 s), shared by the
+#   module's big-file tests, always deleted. `guardian replay` reads both whole (measured: about
+#   45 s for the btmp and 100 s for the auth.log on this 2-core machine): the replay tests take
+#   minutes on purpose, each bounded by REPLAY_TIMEOUT.
 from __future__ import annotations
 
 import contextlib
