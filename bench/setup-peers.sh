@@ -6,7 +6,7 @@
 # when systemd runs. Benchmarks call only their binaries, inside the lab or on files.
 set -euo pipefail
 [ "$(id -u)" -eq 0 ] || { echo "setup-peers.sh: run as root" >&2; exit 1; }
-packages=(knockd fail2ban sshguard)
+packages=(knockd fail2ban sshguard python3-pyinotify)  # pyinotify: fail2ban follows auth.log with inotify
 missing=()
 for p in "${packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
