@@ -29,7 +29,7 @@ from guardian.events import AuthFailed, SessionClosed, SessionOpened
 from guardian.parsers.sshd import Detection, SshdDetector
 from guardian.parsers.sshd_messages import Mode
 from guardian.parsers.syslog_line import parse_syslog_line
-from guardian.watchers.sshd_log import detection_to_event
+from guardian.watchers.sshd_log import detection_to_event, failure_from
 from guardian.watchers.tail import MAX_BYTES, ROTATE_GRACE, FileFollower
 
 AUTH_LOG = "/var/log/auth.log"
@@ -62,21 +62,6 @@ def local_zone(localtime: Path = LOCALTIME) -> tzinfo:
             return ZoneInfo.from_file(source, key="localtime")
     except (OSError, ValueError):
         return UTC
-
-
-def failure_event(detection: Detection, origin: str = ORIGIN) -> AuthFailed | None:
-    """A failure detection as AuthFailed (None when it has no address: a host name)."""
-    if detection.kind != "failure" or detection.source is None:
-        return None
-    return AuthFailed(
-        source=detection.source,
-        origin=origin,
-        rule=detection.rule,
-        user=detection.user,
-        pid=detection.pid,
-        wall_time=detection.wall_time,
-        attempts=detection.attempts,
-    )
 
 
 class AuthLogWatcher:
@@ -179,7 +164,7 @@ class AuthLogWatcher:
     def _map(self, detection: Detection, out: list[AuthLogEvent]) -> None:
         counts = self._counts
         if detection.kind == "failure":
-            failed = failure_event(detection)
+            failed = failure_from(detection, ORIGIN)
             if failed is None:
                 counts["no_address"] += 1
             else:
@@ -208,4 +193,4 @@ class AuthLogWatcher:
         return self._reference
 
 
-__all__ = ["AUTH_LOG", "AuthLogEvent", "AuthLogWatcher", "failure_event", "local_zone"]
+__all__ = ["AUTH_LOG", "AuthLogEvent", "AuthLogWatcher", "local_zone"]
