@@ -37,6 +37,18 @@ step ruff "$BIN/ruff" check .
 step format "$BIN/ruff" format --check .
 step mypy "$BIN/mypy" --strict guardian/
 
+# Some lab tests run a client as a real unprivileged user (peer-credential checks): that user
+# must be able to reach this checkout. A clone in a 0700 directory (mktemp -d) would make them
+# fail for a reason unrelated to the product: grant search permission (o+x, never read) on
+# the checkout's ancestor directories that lack it, and say so.
+dir="$(pwd)"
+while [ "$dir" != "/" ]; do
+  if [ "$(stat -c %A "$dir" | cut -c10)" = "-" ]; then
+    chmod o+x "$dir" && echo "test.sh: granted o+x on $dir (unprivileged-user tests reach the checkout)"
+  fi
+  dir="$(dirname "$dir")"
+done
+
 printf '\n== pytest\n'
 "$BIN/pytest" -ra --junitxml="$ARTIFACTS/junit.xml" "$@" 2>&1 | tee "$ARTIFACTS/pytest.log"
 rc=${PIPESTATUS[0]}
