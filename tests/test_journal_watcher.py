@@ -13,9 +13,11 @@ from guardian.watchers.journal import (
     ACTIVE_FOR,
     FAST_INTERVAL,
     IDENTIFIERS,
+    TRUSTED_COMMANDS,
     FastPollTimer,
     JournalRecord,
     JournalWatcher,
+    _sent_by_root_sshd,
 )
 
 
@@ -113,3 +115,26 @@ def test_a_directory_without_journal_files_is_a_clear_error(tmp_path: Path) -> N
     (tmp_path / "system.log").write_text("not a journal\n")
     with pytest.raises(WatcherError, match="no journal files"):
         JournalWatcher(path=str(tmp_path)).open()
+
+
+def _line(command: str, uid: int | None) -> JournalRecord:
+    return JournalRecord(
+        "sshd", 7, "Connection closed by 192.0.2.9 port 4000", 1.0, "c", command, uid
+    )
+
+
+def test_a_root_line_without_comm_is_kept_because_the_sender_had_exited() -> None:
+    """sshd's child for a connection closed before the banner exits at once; journald then has
+    no _COMM for its last lines. Dropping them lost real failures on a loaded CI machine."""
+    trusted = frozenset(TRUSTED_COMMANDS)
+    assert _sent_by_root_sshd(_line("", 0), trusted)
+    assert _sent_by_root_sshd(_line("sshd", 0), trusted)
+    assert _sent_by_root_sshd(_line("sshd-session", 0), trusted)
+
+
+def test_forged_or_unprivileged_lines_are_not_sshds() -> None:
+    trusted = frozenset(TRUSTED_COMMANDS)
+    assert not _sent_by_root_sshd(_line("logger", 0), trusted)  # root's `logger -t sshd`
+    assert not _sent_by_root_sshd(_line("sshd", 1000), trusted)  # a user's program named sshd
+    assert not _sent_by_root_sshd(_line("", 1000), trusted)  # a user's, exited
+    assert not _sent_by_root_sshd(_line("", None), trusted)  # no credentials at all
