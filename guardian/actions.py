@@ -92,6 +92,15 @@ class CloseEveryone:
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
+class RecordSpaReplay:
+    """Persist an accepted SPA packet's replay digest until `expires_wall` (epoch seconds), so a
+    restart does not forget it (the state store executes this)."""
+
+    digest: bytes
+    expires_wall: float
+
+
 Action: TypeAlias = (
     OpenGrant
     | RefreshGrant
@@ -102,4 +111,5 @@ Action: TypeAlias = (
     | Notice
     | OpenEveryone
     | CloseEveryone
+    | RecordSpaReplay
 )

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, TypeAlias
 
 from guardian.addresses import IPNetwork
 from guardian.events import ACK, FIN, PSH, RST, SYN, URG, Proto
@@ -93,6 +93,18 @@ HOOK_KINDS: dict[str, str] = {
     "session_closed": "session_closed",
     "knock_failed": "knock_failed",
 }
+
+# [spa] Single Packet Authorization, wire-compatible with fwknop (spec/fwknop-spa.md).
+DEFAULT_SPA_PORT = 62201  # fwknop's UDP port; captured like knocks, nothing listens on it
+DEFAULT_SPA_MAX_AGE = 120.0  # fwknopd's MAX_SPA_PACKET_AGE: a larger |now - client time| refuses
+DEFAULT_SPA_ACCESS_TIMEOUT = 30.0  # fwknopd's FW_ACCESS_TIMEOUT: the grant's window
+DEFAULT_SPA_MAX_TIMEOUT = 300.0  # fwknopd's MAX_FW_TIMEOUT: cap on a client-requested timeout
+DEFAULT_SPA_HMAC = "sha256"
+SPA_HMACS: tuple[str, ...] = ("md5", "sha1", "sha256", "sha384", "sha512", "sha3_256", "sha3_512")
+SPA_NO_HMAC = "none"  # hmac = "none": packets without HMAC, only when a stanza asks (replayable)
+SPA_REPLAY_MARGIN = 60.0  # replay digests are kept max_age + this past the packet's time
+MAX_SPA_REPLAYS = 100_000  # replay digests kept (oldest dropped first; counted)
+SPA_REFUSALS_PER_MINUTE = 30  # refusal log lines per minute; the rest are counted and summarised
 
 FLAG_BITS: dict[str, int] = {"fin": FIN, "syn": SYN, "rst": RST, "psh": PSH, "ack": ACK, "urg": URG}
 
@@ -257,6 +269,49 @@ class Sshd:
     stop: tuple[str, ...] = DEFAULT_SSHD_STOP
 
 
+SpaAccess: TypeAlias = tuple[str, int]  # ("tcp", 22): fwknop's "tcp/22"
+
+
+@dataclass(frozen=True, slots=True)
+class SpaStanza:
+    """[[spa.stanza]]: who may open what with one SPA packet (fwknop's access.conf stanza).
+
+    key is the raw Rijndael key (KEY_BASE64 decoded, or a passphrase's bytes); hmac_key is None
+    only with hmac = "none". A stanza is tried for a packet whose source is in `source` (empty =
+    ANY). `expires` is epoch seconds from which the stanza no longer opens anything (None: never).
+    The grant it opens is a normal grant of door "spa:<name>": window = the client's timeout
+    (message type 3) capped at max_timeout, else access_timeout; then session, linger, close."""
+
+    name: str
+    key: bytes = field(repr=False)
+    hmac_key: bytes | None = field(repr=False)
+    hmac: str = DEFAULT_SPA_HMAC  # one of SPA_HMACS, or SPA_NO_HMAC
+    legacy: bool = False  # fwknop's ENCRYPTION_MODE legacy (pre-2.5 clients): key padded to 16
+    source: tuple[IPNetwork, ...] = ()
+    open_ports: tuple[SpaAccess, ...] = (("tcp", 22),)  # every requested access must be listed
+    restrict_ports: tuple[SpaAccess, ...] = ()  # any requested access listed here refuses
+    access_timeout: float = DEFAULT_SPA_ACCESS_TIMEOUT
+    max_timeout: float = DEFAULT_SPA_MAX_TIMEOUT
+    require_source_address: bool = False  # refuse 0.0.0.0 ("the packet's source"), as fwknopd
+    require_username: str | None = None
+    expires: float | None = None
+    key_origin: str = "inline"  # where the keys came from, for messages ("file:PATH" or "inline")
+
+
+@dataclass(frozen=True, slots=True)
+class Spa:
+    """[spa]: the UDP port SPA packets are captured on, the age window, the stanzas. SPA is on
+    when there is at least one stanza."""
+
+    port: int = DEFAULT_SPA_PORT
+    max_age: float = DEFAULT_SPA_MAX_AGE
+    stanzas: tuple[SpaStanza, ...] = ()
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.stanzas)
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     guard: Guard = field(default_factory=Guard)
@@ -266,6 +321,7 @@ class Config:
     ban: Ban = field(default_factory=Ban)
     sshd: Sshd = field(default_factory=Sshd)
     hooks: tuple[Hook, ...] = ()
+    spa: Spa = field(default_factory=Spa)
 
 
 def door_window(door: Door, access: Access) -> float:

@@ -191,6 +191,25 @@ class OffencesLoaded:
     records: tuple[OffenceRecord, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class SpaSeen:
+    """A UDP datagram to the SPA port, as captured (nothing listens there): its payload is what
+    the engine authenticates. `source` is the packet's (spoofable) source address."""
+
+    source: IPAddress
+    port: int
+    payload: bytes
+    interface: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class SpaReplaysLoaded:
+    """Start-up: the replay digests the state store kept (digest, wall-clock expiry), fed once
+    before any SpaSeen so a packet accepted before a restart is refused after it."""
+
+    entries: tuple[tuple[bytes, float], ...]
+
+
 Event: TypeAlias = (
     KnockSeen
     | GrantFound
@@ -207,4 +226,6 @@ Event: TypeAlias = (
     | UnbanRequested
     | BanFound
     | OffencesLoaded
+    | SpaSeen
+    | SpaReplaysLoaded
 )

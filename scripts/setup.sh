@@ -16,6 +16,7 @@ PACKAGES=(
   nftables iproute2 procps conntrack
   openssh-server openssh-client
   knockd nmap tmux rsyslog sshpass
+  fwknop-client fwknop-server    # SPA: the real client opens access; our client meets the real fwknopd
   systemd-container debootstrap  # tests/test_nspawn.py: the units under a real systemd
 )
 
@@ -47,6 +48,10 @@ install_packages() {
   if [[ " ${missing[*]} " == *" knockd "* ]] && [[ -d /run/systemd/system ]]; then
     systemctl disable --now knockd.service >/dev/null 2>&1 || true
     log "disabled knockd.service (only the knock client and binary are used)"
+  fi
+  # fwknop-server's package ships fwknop-server.service; the lab runs its own fwknopd when needed.
+  if [[ " ${missing[*]} " == *" fwknop-server "* ]] && [[ -d /run/systemd/system ]]; then
+    systemctl disable --now fwknop-server.service >/dev/null 2>&1 || true
   fi
   if [[ " ${missing[*]} " == *" openssh-server "* ]]; then
     log "note: openssh-server was installed; Debian enables the host's ssh.service (the lab runs its own sshd)"

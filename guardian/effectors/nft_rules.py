@@ -59,6 +59,7 @@ from guardian.actions import (
     OpenEveryone,
     OpenGrant,
     RecordOffence,
+    RecordSpaReplay,
     RefreshGrant,
     RevokeGrant,
     Unban,
@@ -400,7 +401,7 @@ def commands_for(
 
     ipv6_prefix must be the installed config's [ban] ipv6_prefix (it decides the ban sets), and
     ports its guarded ports (what an everyone door opens).
-    Notices and RecordOffence (the state store's business) produce no commands."""
+    Notices, RecordOffence and RecordSpaReplay (the state store's business) produce no commands."""
     commands: list[Command] = []
     for action in actions:
         match action:
@@ -416,7 +417,7 @@ def commands_for(
                 commands += everyone_commands(ports, action.timeout)
             case CloseEveryone():
                 commands += close_everyone_commands()
-            case Notice() | RecordOffence():
+            case Notice() | RecordOffence() | RecordSpaReplay():
                 pass
             case _:
                 assert_never(action)
