@@ -1,38 +1,53 @@
 # Checks for `guardian check`: a valid config can still lock the operator out or be weak against
-# scans. These pure functions read a Config (and the SSH_CLIENT value, passed in by the caller)
-# and return sentences for a human; they never fail and never decide anything by themselves.
+# scans or captured packets. These pure functions read a Config (and the SSH_CLIENT value and the
+# time, passed in by the caller; config_warnings reads the clock only when not given one) and
+# return sentences for a human; they never fail and never decide anything by themselves.
 from __future__ import annotations
 
+import time
+
 from guardian.addresses import IPAddress, in_any, parse_address
-from guardian.config import Config, Door, door_window, format_duration
+from guardian.config import (
+    SPA_NO_HMAC,
+    Config,
+    Door,
+    Guard,
+    SpaStanza,
+    door_window,
+    format_duration,
+)
+from guardian.configfile import PASSPHRASE_FORMS, render_expires, spa_key_sources
 from guardian.events import SYN
 
 LONG_TIMEOUT = 60.0  # seconds from first to last knock; knock clients need a few seconds
 LONG_WINDOW = 600.0  # seconds a completed knock waits for a first connection
 MIN_STEPS = 3  # fewer knocks than this are found quickly by scanning
+MIN_SPA_KEY = 16  # bytes; `guardian keygen` (like `fwknop --key-gen`) makes 32
+LEGACY_KEY = 16  # bytes of key that legacy mode uses (padded with '0' or cut to this)
 
 
 def lockout_warnings(config: Config, ssh_client: str | None) -> list[str]:
     """Ways this config could shut the operator out, judged from SSH_CLIENT ("ADDR PORT LPORT").
 
     Rules, in order:
-    - no trusted network and no door: nobody can open a new connection to a guarded port
-      (said whatever SSH_CLIENT is);
+    - no trusted network, no door and no SPA stanza: nobody can open a new connection to a
+      guarded port (said whatever SSH_CLIENT is);
     - SSH_CLIENT missing or empty (not run over ssh): nothing more can be said;
     - SSH_CLIENT not understood: said, since the check could not be made;
     - the operator connects over loopback: no warning (the gate accepts `iif lo` first);
     - LPORT (the server port this session uses) is not guarded: said, since the guardian leaves
       that port open to everyone, which is usually a forgotten guard.ports entry;
-    - LPORT is guarded and ADDR is not trusted: with no door, the operator cannot come back once
-      this session ends (established sessions go on); with doors, reconnecting needs a knock.
+    - LPORT is guarded and ADDR is not trusted: with no door and no SPA stanza, the operator
+      cannot come back once this session ends (established sessions go on); otherwise
+      reconnecting needs a knock or an SPA packet first.
     Each item is one sentence, meant to be printed after "warning: "."""
     warnings: list[str] = []
     guard = config.guard
     ports = ", ".join(str(p) for p in guard.ports)
-    if not guard.trusted and not config.doors:
+    if not guard.trusted and not config.doors and not config.spa.enabled:
         warnings.append(
-            f"guard.trusted is empty and there is no [[door]]: nobody can open a new connection "
-            f"to the guarded port(s) {ports}"
+            f"guard.trusted is empty and there is no [[door]] or [[spa.stanza]]: nobody can open "
+            f"a new connection to the guarded port(s) {ports}"
         )
     if ssh_client is None or not ssh_client.strip():
         return warnings
@@ -54,18 +69,23 @@ def lockout_warnings(config: Config, ssh_client: str | None) -> list[str]:
         return warnings
     if in_any(address, guard.trusted):
         return warnings
-    if not config.doors:
+    if not config.doors and not config.spa.enabled:
         warnings.append(
-            f"your address {address} is not in guard.trusted and there is no [[door]]: this "
-            f"session goes on, but once it ends you cannot connect to port {local_port} again; "
-            f"add {address} (or its network) to guard.trusted"
+            f"your address {address} is not in guard.trusted and there is no [[door]] or "
+            f"[[spa.stanza]]: this session goes on, but once it ends you cannot connect to port "
+            f"{local_port} again; add {address} (or its network) to guard.trusted"
         )
-    else:
-        names = ", ".join(door.name for door in config.doors)
-        warnings.append(
-            f"your address {address} is not in guard.trusted: this session goes on, but to "
-            f"connect to port {local_port} again you must knock first (door: {names})"
-        )
+        return warnings
+    ways = []
+    if config.doors:
+        ways.append(f"knock first (door: {', '.join(door.name for door in config.doors)})")
+    if config.spa.enabled:
+        stanzas = ", ".join(stanza.name for stanza in config.spa.stanzas)
+        ways.append(f"send an SPA packet first (stanza: {stanzas})")
+    warnings.append(
+        f"your address {address} is not in guard.trusted: this session goes on, but to "
+        f"connect to port {local_port} again you must {' or '.join(ways)}"
+    )
     return warnings
 
 
@@ -84,7 +104,7 @@ def parse_ssh_client(value: str) -> tuple[IPAddress, int] | None:
     return address, local_port
 
 
-def config_warnings(config: Config) -> list[str]:
+def config_warnings(config: Config, now: float | None = None) -> list[str]:
     """Settings that are valid but risky or surprising, one sentence each (for `guardian check`).
 
     - answer = "drop": guarded ports stay silent while unused ports answer with a reset, so a scan
@@ -97,7 +117,8 @@ def config_warnings(config: Config) -> list[str]:
       plain SYN, which knock clients send, does not satisfy; open_to = "everyone" (always: it
       opens the guarded ports to every address, loud by design), and a window over LONG_WINDOW
       for such a door;
-    - [[hook]] commands that are not absolute paths (they are looked up in the daemon's PATH)."""
+    - [[hook]] commands that are not absolute paths (they are looked up in the daemon's PATH);
+    - per SPA stanza, what spa_warnings says (judged at `now`, the current time if None)."""
     warnings: list[str] = []
     if config.guard.answer == "drop":
         warnings.append(
@@ -125,6 +146,90 @@ def config_warnings(config: Config) -> list[str]:
             warnings.append(
                 f"hook[{index}] runs {hook.run[0]!r}, not an absolute path: it is looked up in "
                 "the daemon's PATH"
+            )
+    warnings.extend(spa_warnings(config, time.time() if now is None else now))
+    return warnings
+
+
+def spa_warnings(config: Config, now: float) -> list[str]:
+    """Valid [[spa.stanza]] settings that are weak or do nothing, one sentence each:
+
+    - hmac = "none": no authentication before decryption (and fwknopd replayable);
+    - encryption_mode = "legacy": the pre-2.5 format, at most 16 bytes of key;
+    - a passphrase key (key, key_file): one MD5 round from passphrase to AES key;
+      any key shorter than MIN_SPA_KEY bytes, and an HMAC key shorter than that;
+    - require_source_address = false with source ANY: whoever delivers a captured packet first
+      gets access for their own address;
+    - expired stanzas (at `now`);
+    - open_ports entries that are not guarded TCP ports: such requests are always refused."""
+    warnings: list[str] = []
+    for stanza in config.spa.stanzas:
+        warnings.extend(_spa_crypto_warnings(stanza))
+        warnings.extend(_spa_policy_warnings(stanza, config.guard, now))
+    return warnings
+
+
+def _spa_crypto_warnings(stanza: SpaStanza) -> list[str]:
+    name = f"spa stanza {stanza.name!r}"
+    warnings: list[str] = []
+    if stanza.hmac == SPA_NO_HMAC:
+        warnings.append(
+            f'{name} has hmac = "none": packets are not authenticated before decryption (every '
+            "garbage packet costs a decryption, and only an unkeyed digest inside the "
+            "ciphertext protects its content); fwknopd even accepts a bit-flipped copy of a "
+            "captured packet in this mode (ssh-guardian's replay cache does not); add an HMAC "
+            'key (`guardian keygen`) and set hmac = "sha256"'
+        )
+    if stanza.legacy:
+        warnings.append(
+            f'{name} has encryption_mode = "legacy" (fwknop before 2.5): the key is padded with '
+            f"'0' or cut to {LEGACY_KEY} bytes, so at most {LEGACY_KEY} bytes of it count; "
+            'upgrade the clients and use "cbc"'
+        )
+    key_source, _ = spa_key_sources(stanza)
+    if key_source.form in PASSPHRASE_FORMS:
+        warnings.append(
+            f"{name} uses a passphrase ({key_source.form}): fwknop turns it into the AES key with "
+            "a single MD5 round, so one captured packet lets an attacker test guesses offline at "
+            "great speed; use key_base64 (32 random bytes) from `guardian keygen`"
+        )
+    elif len(stanza.key) < MIN_SPA_KEY:
+        warnings.append(
+            f"{name} has a {len(stanza.key)}-byte key: short keys can be searched offline from "
+            "one captured packet; `guardian keygen` makes 32 random bytes"
+        )
+    if stanza.hmac_key is not None and len(stanza.hmac_key) < MIN_SPA_KEY:
+        warnings.append(
+            f"{name} has a {len(stanza.hmac_key)}-byte HMAC key: `guardian keygen` makes 64 "
+            "random bytes"
+        )
+    return warnings
+
+
+def _spa_policy_warnings(stanza: SpaStanza, guard: Guard, now: float) -> list[str]:
+    name = f"spa stanza {stanza.name!r}"
+    warnings: list[str] = []
+    if not stanza.require_source_address and not stanza.source:
+        warnings.append(
+            f'{name} accepts packets from ANY source that ask for 0.0.0.0 ("the address this '
+            'packet comes from"): someone who sees such a packet on its way and delivers it '
+            "first (holding back the original) gets access for their own address; the replay "
+            "cache only stops a second use of it. With require_source_address = true the "
+            "packet must name the address that gets access (fwknop -a ADDRESS or -R); note that "
+            "fwknop clients can only name IPv4 addresses, so that rules out SPA over IPv6"
+        )
+    if stanza.expires is not None and now >= stanza.expires:
+        warnings.append(
+            f"{name} has expired (expires = {render_expires(stanza.expires)}): it opens nothing; "
+            "remove it or move expires"
+        )
+    guarded = ", ".join(str(port) for port in guard.ports)
+    for proto, port in stanza.open_ports:
+        if proto != "tcp" or port not in guard.ports:
+            warnings.append(
+                f"{name} lists {proto}/{port} in open_ports, but it is not a guarded TCP port "
+                f"(guard.ports = [{guarded}]): SPA grants open the guarded ports only, so a "
+                "packet asking for it is refused"
             )
     return warnings
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import socket
 import sys
@@ -82,6 +83,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_import(args: argparse.Namespace) -> int:
     from guardian.configfile import ConfigError
+    from guardian.fwknop_import import import_fwknop
     from guardian.knockd_import import import_knockd
 
     try:
@@ -91,7 +93,8 @@ def cmd_import(args: argparse.Namespace) -> int:
         print(f"guardian: {args.file}: {exc.strerror}", file=sys.stderr)
         return EXIT_FAIL
     try:
-        result = import_knockd(text, args.file)
+        convert = import_fwknop if args.kind == "fwknop" else import_knockd
+        result = convert(text, args.file)
     except ConfigError as exc:
         print(f"guardian: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -115,6 +118,8 @@ def _parse_sequence(text: str) -> tuple[KnockStep, ...]:
 def cmd_knock(args: argparse.Namespace) -> int:
     from guardian.knock_client import KnockError, send_sequence
 
+    if args.spa:
+        return _spa_knock(args)
     if args.sequence:
         try:
             steps = _parse_sequence(args.sequence)
@@ -141,6 +146,70 @@ def cmd_knock(args: argparse.Namespace) -> int:
         print(f"guardian: knock {args.host}: {exc}", file=sys.stderr)
         return EXIT_FAIL
     print(f"knocked {address}: {' '.join(map(str, steps))}")
+    return EXIT_OK
+
+
+def _spa_knock(args: argparse.Namespace) -> int:
+    """guardian knock --spa HOST: one SPA packet with a stanza's keys (the client's config)."""
+    from guardian.engine.spa import spa_key
+    from guardian.spa_client import ANY_SOURCE, KnockError, SpaRequest, parse_access, send_spa
+
+    config = _load(args.config)
+    if config is None:
+        return EXIT_USAGE
+    stanzas = [s for s in config.spa.stanzas if args.stanza in (None, s.name)]
+    if not stanzas:
+        where = f"named {args.stanza!r} " if args.stanza else ""
+        print(f"guardian: no [[spa.stanza]] {where}in {config.path}", file=sys.stderr)
+        return EXIT_USAGE
+    stanza = stanzas[0]
+    try:
+        access = parse_access(args.access or [f"{p}/{n}" for p, n in stanza.open_ports[:1]])
+    except ValueError as exc:
+        print(f"guardian: --access: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    request = SpaRequest(
+        access=access,
+        allow_ip=args.allow or ANY_SOURCE,
+        username=args.user or "",
+        client_timeout=args.timeout,
+    )
+    family = socket.AF_INET if args.ipv4 else socket.AF_INET6 if args.ipv6 else 0
+    port = args.spa_port or config.spa.port
+    try:
+        address = send_spa(args.host, spa_key(stanza), request, port=port, family=family)
+    except (OSError, KnockError) as exc:
+        print(f"guardian: knock --spa {args.host}: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    wanted = ",".join(f"{p}/{n}" for p, n in access)
+    print(f"sent SPA to {address} udp/{port}: stanza {stanza.name}, {wanted}")
+    return EXIT_OK
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    """Print a key pair the way `fwknop --key-gen` does; with --out, write two 0600 files."""
+    from guardian.spa_packet import generate_keys, render_keygen
+
+    key, hmac_key = generate_keys(args.hmac)
+    if not args.out:
+        sys.stdout.write(render_keygen(key, hmac_key))
+        return EXIT_OK
+    paths = (f"{args.out}.key", f"{args.out}.hmac")
+    try:
+        for path, value in zip(paths, (key, hmac_key), strict=True):
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(descriptor, "w", encoding="ascii") as handle:
+                handle.write(value + "\n")
+    except OSError as exc:
+        print(f"guardian: keygen: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    print(f"wrote {paths[0]} and {paths[1]} (mode 0600). The same stanza on both sides:")
+    print("[[spa.stanza]]")
+    print(f"name = {json.dumps(os.path.basename(args.out))}")
+    print(f"key_base64_file = {json.dumps(os.path.abspath(paths[0]))}")
+    print(f"hmac_key_base64_file = {json.dumps(os.path.abspath(paths[1]))}")
+    print(f"hmac = {json.dumps(args.hmac)}")
+    print('open_ports = ["tcp/22"]')
     return EXIT_OK
 
 
@@ -310,13 +379,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("import", help="convert another tool's config to guardian TOML")
-    p.add_argument("kind", choices=["knockd"])
+    p.add_argument("kind", choices=["knockd", "fwknop"])
     p.add_argument("file")
     p.set_defaults(func=cmd_import)
 
-    p = sub.add_parser("knock", help="send a door's knock sequence to a host")
+    p = sub.add_parser("knock", help="send a door's knock sequence (or one SPA packet) to a host")
     with_config(p)
     p.add_argument("host")
+    p.add_argument("--spa", action="store_true", help="send one SPA packet (fwknop-compatible)")
+    p.add_argument("--stanza", help="with --spa: the [[spa.stanza]] whose keys to use")
+    p.add_argument(
+        "--access", action="append", help="with --spa: e.g. tcp/22 (repeatable; default: tcp/22)"
+    )
+    p.add_argument("--allow", help="with --spa: the address to open for (default: the source)")
+    p.add_argument("--user", help="with --spa: the username in the packet (default: yours)")
+    p.add_argument("--timeout", type=int, help="with --spa: ask for this many seconds (type 3)")
+    p.add_argument("--spa-port", type=int, help="with --spa: UDP port (default: [spa] port)")
     p.add_argument("--door", help="door name (default: the first door)")
     p.add_argument("--close", action="store_true", help="send the door's close sequence")
     p.add_argument("--sequence", help="knocks to send instead of a door's, e.g. 7000,8000/udp,9000")
@@ -325,6 +403,11 @@ def build_parser() -> argparse.ArgumentParser:
     family.add_argument("-4", dest="ipv4", action="store_true", help="IPv4 only")
     family.add_argument("-6", dest="ipv6", action="store_true", help="IPv6 only")
     p.set_defaults(func=cmd_knock)
+
+    p = sub.add_parser("keygen", help="print an SPA key pair, as `fwknop --key-gen` does")
+    p.add_argument("--hmac", default="sha256", help="HMAC digest the key is for (default sha256)")
+    p.add_argument("--out", help="write PREFIX.key and PREFIX.hmac (0600) instead of printing")
+    p.set_defaults(func=cmd_keygen)
 
     p = sub.add_parser("flush", help="remove the guardian's nftables table")
     p.set_defaults(func=cmd_flush)

@@ -104,7 +104,6 @@ SPA_HMACS: tuple[str, ...] = ("md5", "sha1", "sha256", "sha384", "sha512", "sha3
 SPA_NO_HMAC = "none"  # hmac = "none": packets without HMAC, only when a stanza asks (replayable)
 SPA_REPLAY_MARGIN = 60.0  # replay digests are kept max_age + this past the packet's time
 MAX_SPA_REPLAYS = 100_000  # replay digests kept (oldest dropped first; counted)
-SPA_REFUSALS_PER_MINUTE = 30  # refusal log lines per minute; the rest are counted and summarised
 
 FLAG_BITS: dict[str, int] = {"fin": FIN, "syn": SYN, "rst": RST, "psh": PSH, "ack": ACK, "urg": URG}
 

@@ -3,13 +3,23 @@
 # the firewall. tomllib gives no positions for keys, so a small indexer scans the (already valid)
 # text to map each key path to its line; it runs only when there is an error to report.
 # Decoy ports are expanded here, once, so the engine and the kernel filter get one flat list.
+# [spa] keys may live in files: those are read here (through an injectable reader) and refused
+# unless they are 0600 and root's (or the reading user's), so no secret reaches the engine from a
+# file others can read or write; a config file that carries keys inline must itself be 0600
+# (load_config checks the file it opened). render_config writes the *_file keys, never secrets
+# that came from files: SpaStanza.key_origin records where each key came from.
 from __future__ import annotations
 
+import base64
+import binascii
 import bisect
 import contextlib
+import datetime
 import ipaddress
 import math
+import os
 import re
+import stat
 import tomllib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -38,6 +48,11 @@ from guardian.config import (
     DEFAULT_MAXTIME,
     DEFAULT_PORTS,
     DEFAULT_REQUIRE_AUTH,
+    DEFAULT_SPA_ACCESS_TIMEOUT,
+    DEFAULT_SPA_HMAC,
+    DEFAULT_SPA_MAX_AGE,
+    DEFAULT_SPA_MAX_TIMEOUT,
+    DEFAULT_SPA_PORT,
     DEFAULT_SSHD_ON_DEMAND,
     DEFAULT_SSHD_START,
     DEFAULT_SSHD_STOP,
@@ -48,6 +63,8 @@ from guardian.config import (
     MAX_SEQUENCE_LENGTH,
     MIN_IPV6_PREFIX,
     MIN_LEASE,
+    SPA_HMACS,
+    SPA_NO_HMAC,
     Access,
     Ban,
     Config,
@@ -55,6 +72,9 @@ from guardian.config import (
     Guard,
     Hook,
     KnockStep,
+    Spa,
+    SpaAccess,
+    SpaStanza,
     Sshd,
     format_duration,
     parse_duration,
@@ -73,7 +93,7 @@ _RANGE = re.compile(r"^\s*(\d+)\s*-\s*(\d+)\s*(?:/\s*([A-Za-z]+))?\s*$")
 _TOML_POSITION = re.compile(r"^(.*) \(at line (\d+), column (\d+)\)$", re.DOTALL)
 _TOML_AT_END = re.compile(r"^(.*) \(at end of document\)$", re.DOTALL)
 
-_TOP_KEYS = ("guard", "access", "door", "ban", "sshd", "hook")
+_TOP_KEYS = ("guard", "access", "door", "ban", "sshd", "hook", "spa")
 _HOOK_KEYS = ("on", "run", "timeout")
 _SSHD_KEYS = ("on_demand", "start", "stop")
 _GUARD_KEYS = ("ports", "trusted", "interfaces", "answer")
@@ -105,6 +125,183 @@ _BAN_KEYS = (
 )
 MAX_MAXRETRY = 100  # a source's failure window holds up to maxretry - 1 times: bounds memory
 
+# [spa]: keys of [spa] and [[spa.stanza]]. A stanza takes its Rijndael key from exactly one of
+# KEY_FORMS and its HMAC key from one of HMAC_KEY_FORMS (none with hmac = "none").
+_SPA_KEYS = ("port", "max_age", "stanza")
+KEY_FORMS = ("key_base64_file", "key_base64", "key_file", "key")
+HMAC_KEY_FORMS = ("hmac_key_base64_file", "hmac_key_base64", "hmac_key_file", "hmac_key")
+PASSPHRASE_FORMS = ("key", "key_file")  # fwknop's KEY: a passphrase, not random bytes
+_SPA_STANZA_KEYS = (
+    "name",
+    "source",
+    *KEY_FORMS,
+    *HMAC_KEY_FORMS,
+    "hmac",
+    "encryption_mode",
+    "open_ports",
+    "restrict_ports",
+    "access_timeout",
+    "max_timeout",
+    "require_source_address",
+    "require_username",
+    "expires",
+)
+SPA_ANY = "ANY"  # fwknop's SOURCE ANY; stored as an empty source tuple
+SPA_ENCRYPTION_MODES = ("cbc", "legacy")
+MAX_SPA_KEY = 32  # bytes: fwknop's RIJNDAEL_MAX_KEYSIZE (KEY, KEY_BASE64 decoded)
+MAX_SPA_HMAC_KEY = 136  # bytes: fwknop's MAX_DIGEST_BLOCK_LEN (SHA3-256's block) in 2.6.10
+MAX_SPA_USERNAME = 64  # fwknop's MAX_SPA_USERNAME_SIZE
+MAX_SECRET_FILE = 4096  # a key file is one line; anything larger is not one
+_SPA_ACCESS = re.compile(r"^\s*(?:([A-Za-z]+)\s*/\s*(\d+)|(\d+)\s*/\s*([A-Za-z]+))\s*$")
+_DATE_ONLY = re.compile(r"^\s*(\d{4})-(\d{2})-(\d{2})\s*$")
+_EPOCH_ORDINAL = datetime.date(1970, 1, 1).toordinal()
+_DAY = 86400
+
+
+class SecretFileError(Exception):
+    """A secrets file that must not be used; str() is the reason, naming the file."""
+
+
+SecretReader = Callable[[str], bytes]
+
+
+def read_secret_file(path: str) -> bytes:
+    """The bytes of a secrets file, refused unless it is a regular file whose permission bits
+    are within 0600 (0600, 0400...) and that is owned by root, or by the user reading it (so
+    `guardian knock --spa` run by alice may use alice's own key files; for the daemon, which
+    runs as root, that is root alone). The checks are made on the open file (fstat), and
+    symlinks are refused (O_NOFOLLOW), so what is checked is what is read."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        if os.path.islink(path):
+            raise SecretFileError(
+                f"{path} is a symbolic link: secrets files must be regular files"
+            ) from None
+        raise SecretFileError(f"cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise SecretFileError(f"{path} is not a regular file: secrets files must be")
+        mode = stat.S_IMODE(info.st_mode)
+        if mode & ~0o600:
+            raise SecretFileError(
+                f"{path} has mode {mode:04o}: secrets files must be 0600 or refused "
+                f"(chmod 600 {path})"
+            )
+        if info.st_uid not in (0, os.geteuid()):
+            raise SecretFileError(
+                f"{path} is owned by uid {info.st_uid}: secrets files must be owned by root "
+                f"(chown root {path})"
+            )
+        data = b""
+        while len(data) <= MAX_SECRET_FILE:
+            chunk = os.read(fd, MAX_SECRET_FILE + 1 - len(data))
+            if not chunk:
+                break
+            data += chunk
+        if len(data) > MAX_SECRET_FILE:
+            raise SecretFileError(f"{path} is larger than {MAX_SECRET_FILE} bytes: not a key file")
+        return data
+    finally:
+        os.close(fd)
+
+
+def decode_base64_key(text: str) -> bytes:
+    """Strict base64 (standard alphabet; the '=' padding may be left out, as fwknop's B64 does).
+    Raises ValueError."""
+    text = text.strip()
+    if not re.fullmatch(r"[A-Za-z0-9+/]+={0,2}", text):
+        raise ValueError("not base64 (standard alphabet A-Z a-z 0-9 + /, one line)")
+    padded = text + "=" * (-len(text) % 4)
+    try:
+        return binascii.a2b_base64(padded, strict_mode=True)
+    except binascii.Error:
+        raise ValueError("not valid base64 (wrong length or padding)") from None
+
+
+@dataclass(frozen=True, slots=True)
+class SpaKeySource:
+    """Where one SPA key came from: the TOML key it was given under (one of KEY_FORMS or
+    HMAC_KEY_FORMS) and, for the *_file forms, the file."""
+
+    form: str
+    path: str | None = None
+
+    def __str__(self) -> str:
+        return self.form if self.path is None else f"{self.form} {toml_string(self.path)}"
+
+
+_INLINE = "inline"  # SpaStanza.key_origin when both keys are inline base64 (or there is no HMAC)
+_ORIGIN_ITEM = re.compile(r'([a-z0-9_]+)(?: ("(?:[^"\\]|\\.)*"))?(?:, |$)')
+
+
+def spa_key_origin(key: SpaKeySource, hmac_key: SpaKeySource | None) -> str:
+    """SpaStanza.key_origin for these sources: "inline" when both are inline base64 (fwknop's
+    KEY_BASE64 / HMAC_KEY_BASE64), else e.g. 'key_base64_file "/etc/k", hmac_key_base64'.
+
+    It reads well in messages and spa_key_sources() reads it back, so render_config writes the
+    *_file keys (never the secrets) for keys that came from files."""
+    sources = [key] if hmac_key is None else [key, hmac_key]
+    if all(s.path is None and s.form in ("key_base64", "hmac_key_base64") for s in sources):
+        return _INLINE
+    return ", ".join(str(source) for source in sources)
+
+
+def spa_key_sources(stanza: SpaStanza) -> tuple[SpaKeySource, SpaKeySource | None]:
+    """The inverse of spa_key_origin. An origin it does not understand (a stanza built by hand)
+    reads as inline base64 keys."""
+    key = SpaKeySource("key_base64")
+    hmac_key = None if stanza.hmac_key is None else SpaKeySource("hmac_key_base64")
+    origin = stanza.key_origin
+    position = 0
+    found: list[SpaKeySource] = []
+    while origin != _INLINE and position < len(origin):
+        match = _ORIGIN_ITEM.match(origin, position)
+        if match is None:
+            return key, hmac_key
+        path = None
+        if match.group(2) is not None:
+            path = cast(str, tomllib.loads(f"v = {match.group(2)}")["v"])
+        found.append(SpaKeySource(match.group(1), path))
+        position = match.end()
+    for source in found:
+        if source.form in KEY_FORMS and (source.path is None) != source.form.endswith("_file"):
+            key = source
+        elif (
+            source.form in HMAC_KEY_FORMS
+            and stanza.hmac_key is not None
+            and (source.path is None) != source.form.endswith("_file")
+        ):
+            hmac_key = source
+    return key, hmac_key
+
+
+def expires_epoch(value: datetime.date) -> float:
+    """A date or an instant -> SpaStanza.expires. A date is valid THROUGH that day (UTC): the
+    stanza expires at the next day's 00:00 UTC. A datetime must carry its UTC offset."""
+    if isinstance(value, datetime.datetime):
+        if value.tzinfo is None:
+            raise ValueError("a date and time needs its UTC offset, e.g. 2027-12-31T18:00:00Z")
+        return value.timestamp()
+    return float((value.toordinal() + 1 - _EPOCH_ORDINAL) * _DAY)
+
+
+def render_expires(epoch: float) -> str:
+    """SpaStanza.expires as a TOML string that expires_epoch reads back to the same value: a
+    date ("2027-12-31") when it is a day's end, else an RFC 3339 instant in UTC."""
+    if epoch.is_integer() and int(epoch) % _DAY == 0:
+        day = datetime.date.fromordinal(_EPOCH_ORDINAL + int(epoch) // _DAY - 1)
+        return toml_string(day.isoformat())
+    instant = datetime.datetime.fromtimestamp(epoch, datetime.UTC)
+    return toml_string(instant.isoformat().replace("+00:00", "Z"))
+
+
+def spa_access_text(access: SpaAccess) -> str:
+    """("tcp", 22) -> "tcp/22", fwknop's spelling."""
+    return f"{access[0]}/{access[1]}"
+
 
 class ConfigError(Exception):
     """A config file that cannot be used. str() is "PATH:LINE: KEY: REASON".
@@ -124,10 +321,14 @@ class ConfigError(Exception):
         return f"{where}: {self.key}: {self.reason}" if self.key else f"{where}: {self.reason}"
 
 
-def load_config(path: str) -> Config:
-    """Read and parse the file at path; every failure (including OSError) is a ConfigError."""
+def load_config(path: str, *, read_secret: SecretReader = read_secret_file) -> Config:
+    """Read and parse the file at path; every failure (including OSError) is a ConfigError.
+
+    A file that carries SPA keys inline must have no permission bits beyond 0600, judged on the
+    file that was read (fstat of the open handle)."""
     try:
         with open(path, "rb") as handle:
+            mode = stat.S_IMODE(os.fstat(handle.fileno()).st_mode)
             raw = handle.read()
     except OSError as exc:
         raise ConfigError(path, None, "", f"cannot read the file: {exc.strerror or exc}") from None
@@ -136,16 +337,38 @@ def load_config(path: str) -> Config:
     except UnicodeDecodeError as exc:
         line = raw.count(b"\n", 0, exc.start) + 1
         raise ConfigError(path, line, "", "the file is not valid UTF-8") from None
-    return parse_config(text, path)
+    config = parse_config(text, path, read_secret=read_secret)
+    if mode & ~0o600:
+        _refuse_inline_secrets(config, text, path, mode)
+    return config
 
 
-def parse_config(text: str, path: str) -> Config:
-    """Parse TOML text into a Config (pure). path is only used in messages and Config.path."""
+def parse_config(text: str, path: str, *, read_secret: SecretReader = read_secret_file) -> Config:
+    """Parse TOML text into a Config. path is only used in messages and Config.path.
+
+    Pure, except that [[spa.stanza]] keys given as *_file are read with read_secret (by default
+    read_secret_file, which refuses files that are not root's and 0600)."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise _syntax_error(str(exc), text, path) from None
-    return _Parser(text, path).config(data)
+    return _Parser(text, path, read_secret).config(data)
+
+
+def _refuse_inline_secrets(config: Config, text: str, path: str, mode: int) -> None:
+    """A group- or world-readable config must not carry SPA keys inline."""
+    for index, stanza in enumerate(config.spa.stanzas):
+        for source in spa_key_sources(stanza):
+            if source is not None and source.path is None:
+                at: KeyPath = ("spa", "stanza", index, source.form)
+                raise ConfigError(
+                    path,
+                    index_lines(text).get(at),
+                    _display_key(at),
+                    f"this file has mode {mode:04o} and holds an inline key: secrets files must "
+                    f"be 0600 or refused (chmod 600 {path}, or move the key to "
+                    f"{source.form}_file)",
+                )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -379,9 +602,10 @@ class _DoorSpec:
 
 
 class _Parser:
-    def __init__(self, text: str, path: str) -> None:
+    def __init__(self, text: str, path: str, read_secret: SecretReader = read_secret_file) -> None:
         self.text = text
         self.path = path
+        self.read_secret = read_secret
         self._lines: dict[KeyPath, int] | None = None
 
     # -- errors -----------------------------------------------------------------------------
@@ -417,14 +641,17 @@ class _Parser:
         hooks = tuple(
             self.hook(raw, ("hook", i)) for i, raw in enumerate(self.tables(hooks_raw, "hook"))
         )
+        spa = self.spa(self.table(data, ("spa",)))
+        self.check_spa_port(spa, specs)
         return Config(
             guard=guard,
             access=access,
-            doors=_build_doors(specs, guard),
+            doors=_build_doors(specs, guard, _spa_steps(spa)),
             path=self.path,
             ban=ban,
             sshd=sshd,
             hooks=hooks,
+            spa=spa,
         )
 
     def table(self, data: dict[str, Any], at: KeyPath) -> dict[str, Any]:
@@ -627,6 +854,282 @@ class _Parser:
         if "timeout" in data:
             timeout = self.duration(data["timeout"], (*at, "timeout"), numbers=False)
         return Hook(on=tuple(kinds), run=run, timeout=timeout)
+
+    # -- [spa] and [[spa.stanza]] -----------------------------------------------------------
+
+    def spa(self, data: dict[str, Any]) -> Spa:
+        self.only_known(data, ("spa",), _SPA_KEYS, "key")
+        port = DEFAULT_SPA_PORT
+        if "port" in data:
+            port = self.port(data["port"], ("spa", "port"))
+        max_age = DEFAULT_SPA_MAX_AGE
+        if "max_age" in data:
+            max_age = self.duration(data["max_age"], ("spa", "max_age"), numbers=True)
+        raw = data.get("stanza", [])
+        if isinstance(raw, dict):
+            raise self.error(("spa", "stanza"), "write [[spa.stanza]] (one per stanza)")
+        if not isinstance(raw, list) or not all(isinstance(item, dict) for item in raw):
+            raise self.error(("spa", "stanza"), f"expected [[spa.stanza]] tables, got {_kind(raw)}")
+        stanzas: list[SpaStanza] = []
+        for index, item in enumerate(raw):
+            at: KeyPath = ("spa", "stanza", index)
+            stanza = self.spa_stanza(item, at)
+            if any(s.name == stanza.name for s in stanzas):
+                raise self.error((*at, "name"), f"another stanza is already named {stanza.name!r}")
+            stanzas.append(stanza)
+        return Spa(port=port, max_age=max_age, stanzas=tuple(stanzas))
+
+    def spa_stanza(self, data: dict[str, Any], at: KeyPath) -> SpaStanza:
+        self.only_known(data, at, _SPA_STANZA_KEYS, "key")
+        name = data.get("name", f"stanza-{cast(int, at[-1]) + 1}")
+        if not isinstance(name, str) or not _DOOR_NAME.match(name):
+            raise self.error((*at, "name"), f"expected letters, digits, '_' or '-', got {name!r}")
+        key, key_source = self.spa_secret(data, at, KEY_FORMS, MAX_SPA_KEY)
+        hmac, hmac_key, hmac_source = self.spa_hmac(data, at)
+        if hmac_key is not None and hmac_key == key:
+            raise self.error(
+                (*at, cast(SpaKeySource, hmac_source).form),
+                "the HMAC key equals the encryption key (fwknopd refuses this too): use two keys",
+            )
+        mode = data.get("encryption_mode", "cbc")
+        if not isinstance(mode, str) or mode.lower() not in SPA_ENCRYPTION_MODES:
+            raise self.error((*at, "encryption_mode"), f'expected "cbc" or "legacy", got {mode!r}')
+        open_ports: tuple[SpaAccess, ...] = (("tcp", 22),)
+        if "open_ports" in data:
+            open_ports = self.spa_accesses(data["open_ports"], (*at, "open_ports"))
+            if not open_ports:
+                raise self.error(
+                    (*at, "open_ports"), 'needs at least one entry like "tcp/22" (a guarded port)'
+                )
+        restrict = self.spa_accesses(data.get("restrict_ports", []), (*at, "restrict_ports"))
+        access_timeout = DEFAULT_SPA_ACCESS_TIMEOUT
+        if "access_timeout" in data:
+            access_timeout = self.duration(
+                data["access_timeout"], (*at, "access_timeout"), numbers=True
+            )
+        max_timeout = DEFAULT_SPA_MAX_TIMEOUT
+        if "max_timeout" in data:
+            max_timeout = self.duration(data["max_timeout"], (*at, "max_timeout"), numbers=True)
+        if access_timeout > max_timeout:
+            where = "access_timeout" if "access_timeout" in data else "max_timeout"
+            raise self.error(
+                (*at, where),
+                f"access_timeout ({format_duration(access_timeout)}) is longer than max_timeout "
+                f"({format_duration(max_timeout)}), the cap on any grant's window",
+            )
+        require_source = data.get("require_source_address", False)
+        if not isinstance(require_source, bool):
+            raise self.error(
+                (*at, "require_source_address"),
+                f"expected true or false, got {_kind(require_source)}",
+            )
+        username = data.get("require_username")
+        if username is not None and (
+            not isinstance(username, str)
+            or not 0 < len(username) <= MAX_SPA_USERNAME
+            or not username.isprintable()
+        ):
+            raise self.error(
+                (*at, "require_username"),
+                f"expected 1 to {MAX_SPA_USERNAME} printable characters, got {username!r}",
+            )
+        expires: float | None = None
+        if "expires" in data:
+            expires = self.spa_expires(data["expires"], (*at, "expires"))
+        return SpaStanza(
+            name=name,
+            key=key,
+            hmac_key=hmac_key,
+            hmac=hmac,
+            legacy=mode.lower() == "legacy",
+            source=self.spa_source(data.get("source", [SPA_ANY]), (*at, "source")),
+            open_ports=open_ports,
+            restrict_ports=restrict,
+            access_timeout=access_timeout,
+            max_timeout=max_timeout,
+            require_source_address=require_source,
+            require_username=username,
+            expires=expires,
+            key_origin=spa_key_origin(key_source, hmac_source),
+        )
+
+    def spa_secret(
+        self, data: dict[str, Any], at: KeyPath, forms: tuple[str, ...], limit: int
+    ) -> tuple[bytes, SpaKeySource]:
+        """The one key of `forms` the stanza gives: its bytes and where they came from."""
+        given = [form for form in forms if form in data]
+        what = "an HMAC key" if forms is HMAC_KEY_FORMS else "a key"
+        if not given:
+            raise self.error(at, f"the stanza needs {what}: one of {', '.join(forms)}")
+        if len(given) > 1:
+            raise self.error((*at, given[1]), f"give one of {given[0]} and {given[1]}, not both")
+        form = given[0]
+        where = (*at, form)
+        value = data[form]
+        if not isinstance(value, str) or not value:
+            raise self.error(where, f"expected a non-empty string, got {value!r}")
+        base64_form = "base64" in form
+        path: str | None = None
+        if form.endswith("_file"):
+            path = value
+            if not os.path.isabs(path):
+                raise self.error(where, f"expected an absolute path, got {path!r}")
+            try:
+                content = self.read_secret(path)
+            except SecretFileError as exc:
+                raise self.error(where, str(exc)) from None
+            if base64_form:
+                try:
+                    text = content.decode("ascii").strip()
+                except UnicodeDecodeError:
+                    text = "\0"  # decode_base64_key refuses it below
+                if text.count(":") == 1 and text.split(":")[0].strip().endswith("KEY_BASE64"):
+                    raise self.error(
+                        where,
+                        f"{path} holds a 'KEY_BASE64: ...' line (fwknop --key-gen-file output): "
+                        "put only the base64 key in the file",
+                    )
+                secret = self.base64_key(text, where, f"the content of {path}")
+            else:
+                secret = content[:-1] if content.endswith(b"\n") else content
+        elif base64_form:
+            secret = self.base64_key(value, where, "the value")
+        else:
+            secret = value.encode("utf-8")
+        if not 0 < len(secret) <= limit:
+            raise self.error(
+                where,
+                f"the key is {len(secret)} bytes; fwknop allows 1 to {limit}"
+                + (" (`guardian keygen` makes a good one)" if secret else ""),
+            )
+        return secret, SpaKeySource(form, path)
+
+    def base64_key(self, text: str, where: KeyPath, what: str) -> bytes:
+        try:
+            return decode_base64_key(text)
+        except ValueError as exc:
+            raise self.error(where, f"{what} is {exc}") from None
+
+    def spa_hmac(
+        self, data: dict[str, Any], at: KeyPath
+    ) -> tuple[str, bytes | None, SpaKeySource | None]:
+        """hmac and the HMAC key: one is required unless hmac = "none" (then none is allowed)."""
+        hmac = data.get("hmac", DEFAULT_SPA_HMAC)
+        allowed = (*SPA_HMACS, SPA_NO_HMAC)
+        if isinstance(hmac, str):
+            hmac = hmac.strip().lower().replace("-", "_")
+        if hmac not in allowed:
+            raise self.error(
+                (*at, "hmac"), f"expected one of {', '.join(allowed)}, got {data['hmac']!r}"
+            )
+        if hmac == SPA_NO_HMAC:
+            for form in HMAC_KEY_FORMS:
+                if form in data:
+                    raise self.error(
+                        (*at, form), 'hmac = "none" takes no HMAC key: remove one of the two'
+                    )
+            return hmac, None, None
+        if not any(form in data for form in HMAC_KEY_FORMS):
+            raise self.error(
+                at,
+                f"the stanza needs an HMAC key (one of {', '.join(HMAC_KEY_FORMS)}), or "
+                'hmac = "none" to accept packets without one (weaker: see `guardian check`)',
+            )
+        hmac_key, source = self.spa_secret(data, at, HMAC_KEY_FORMS, MAX_SPA_HMAC_KEY)
+        return hmac, hmac_key, source
+
+    def spa_source(self, value: Any, at: KeyPath) -> tuple[IPNetwork, ...]:
+        """["ANY"] (or "ANY") -> (); else networks. A string may list several, comma-separated,
+        as fwknop's SOURCE does."""
+        items: list[tuple[str, KeyPath]] = []
+        if isinstance(value, str):
+            items = [(part, at) for part in value.split(",")]
+        elif isinstance(value, list) and value:
+            for index, raw in enumerate(value):
+                if not isinstance(raw, str):
+                    raise self.error((*at, index), f"expected a string, got {_kind(raw)}")
+                items += [(part, (*at, index)) for part in raw.split(",")]
+        else:
+            raise self.error(at, f'expected a list like ["ANY"] or ["192.0.2.0/24"], got {value!r}')
+        if any(text.strip().upper() == SPA_ANY for text, _ in items):
+            if len(items) > 1:
+                raise self.error(at, f"{SPA_ANY} covers every address: write it alone")
+            return ()
+        out: list[IPNetwork] = []
+        for text, where in items:
+            network = self.network(text, where)
+            if network in out:
+                raise self.error(where, f"source {text.strip()!r} repeats an earlier entry")
+            out.append(network)
+        return tuple(out)
+
+    def spa_accesses(self, value: Any, at: KeyPath) -> tuple[SpaAccess, ...]:
+        """["tcp/22", "udp/53"] (fwknop's proto/port; "22/tcp" too) -> (("tcp", 22), ...)."""
+        items: list[tuple[Any, KeyPath]]
+        if isinstance(value, str):
+            items = [(part, at) for part in value.split(",")] if value.strip() else []
+        elif isinstance(value, list):
+            items = [(raw, (*at, index)) for index, raw in enumerate(value)]
+        else:
+            raise self.error(at, f'expected a list like ["tcp/22"], got {_kind(value)}')
+        out: list[SpaAccess] = []
+        for raw, where in items:
+            match = _SPA_ACCESS.match(raw) if isinstance(raw, str) else None
+            if match is None:
+                raise self.error(where, f'expected "tcp/PORT" or "udp/PORT", got {raw!r}')
+            proto_text = match.group(1) or match.group(4)
+            port_text = match.group(2) or match.group(3)
+            proto = proto_text.lower()
+            if proto not in ("tcp", "udp"):
+                raise self.error(where, f"unknown protocol {proto_text!r} (tcp or udp)")
+            access: SpaAccess = (proto, self.port(int(port_text), where))
+            if access in out:
+                raise self.error(where, f"{raw!r} repeats an earlier entry")
+            out.append(access)
+        return tuple(out)
+
+    def spa_expires(self, value: Any, at: KeyPath) -> float:
+        """A TOML date or "YYYY-MM-DD" (valid through that day, UTC), or an instant: a TOML
+        offset date-time or an RFC 3339 string ("2027-12-31T18:00:00Z")."""
+        expected = (
+            'expected a date "YYYY-MM-DD" (valid through that day, UTC) or a time with its '
+            'offset like "2027-12-31T18:00:00Z"'
+        )
+        when: datetime.date
+        if isinstance(value, datetime.date):
+            when = value
+        elif isinstance(value, str):
+            try:
+                if _DATE_ONLY.match(value):
+                    when = datetime.date.fromisoformat(value.strip())
+                else:
+                    when = datetime.datetime.fromisoformat(value.strip())
+            except ValueError:
+                raise self.error(at, f"{expected}, got {value!r}") from None
+        else:
+            raise self.error(at, f"{expected}, got {_kind(value)}")
+        try:
+            return expires_epoch(when)
+        except (ValueError, OverflowError) as exc:
+            raise self.error(at, f"{exc}, got {value!r}") from None
+
+    def check_spa_port(self, spa: Spa, specs: list[_DoorSpec]) -> None:
+        """With SPA on, its UDP port must not be a knock, close or single decoy port of a door
+        (band and range decoys leave it out, as they leave out guarded ports)."""
+        if not spa.enabled:
+            return
+        spa_step = KnockStep(spa.port, "udp")
+        for spec in specs:
+            places = [("sequence", i, s) for i, s in enumerate(spec.sequence)]
+            places += [("close", i, s) for i, s in enumerate(spec.close)]
+            places += [("decoys", i, s) for i, s in spec.single_decoys]
+            for key, index, step in places:
+                if step == spa_step:
+                    raise self.error(
+                        (*spec.at, key, index),
+                        f"{step} is the SPA port (spa.port = {spa.port}): use another port "
+                        "for the door or set spa.port",
+                    )
 
     def source(self, value: Any, at: KeyPath) -> str:
         if not isinstance(value, str) or value not in BAN_SOURCES:
@@ -862,8 +1365,15 @@ class _Parser:
                 raise self.error((*spec.at, "decoys", index), f"{step} is a knock port of a door")
 
 
-def _build_doors(specs: list[_DoorSpec], guard: Guard) -> tuple[Door, ...]:
-    used = {step for spec in specs for step in (*spec.sequence, *spec.close)}
+def _spa_steps(spa: Spa) -> set[KnockStep]:
+    """The SPA port as a knock step, while SPA is on: decoy expansion leaves it out."""
+    return {KnockStep(spa.port, "udp")} if spa.enabled else set()
+
+
+def _build_doors(
+    specs: list[_DoorSpec], guard: Guard, reserved: set[KnockStep]
+) -> tuple[Door, ...]:
+    used = {step for spec in specs for step in (*spec.sequence, *spec.close)} | reserved
     return tuple(
         Door(
             name=spec.name,
@@ -925,12 +1435,14 @@ def _unmap(network: IPNetwork) -> IPNetwork:
 
 
 def _display_key(at: KeyPath) -> str:
-    """("door", 1, "sequence", 2) -> "door[2].sequence": doors counted from 1, list positions
-    left to the line number."""
+    """("door", 1, "sequence", 2) -> "door[2].sequence": doors, hooks and SPA stanzas
+    ("spa.stanza[1]") counted from 1, list positions left to the line number."""
     out = ""
     for index, part in enumerate(at):
         if isinstance(part, int):
-            if index == 1 and at[0] in ("door", "hook"):
+            if (index == 1 and at[0] in ("door", "hook")) or (
+                index == 2 and at[:2] == ("spa", "stanza")
+            ):
                 out += f"[{part + 1}]"
         else:
             out += f".{part}" if out else part
@@ -1028,6 +1540,7 @@ def render_config(config: Config) -> str:
         ),
     ]
     used = {step for door in config.doors for step in (*door.sequence, *door.close)}
+    used |= _spa_steps(config.spa)
     for door in config.doors:
         band_only = expand_decoys(
             (*door.sequence, *door.close), door.decoy_band, (), used, guard.ports
@@ -1070,7 +1583,55 @@ def render_config(config: Config) -> str:
             f"run = {_string_list(hook.run)}",
             f"timeout = {render_duration(hook.timeout)}",
         ]
+    lines += _render_spa(config.spa)
     return "\n".join(lines) + "\n"
+
+
+def _render_spa(spa: Spa) -> list[str]:
+    """[spa] and its stanzas. Keys that came from files are written as their *_file keys, never
+    as the secret; inline keys are written inline, in the form they were given."""
+    lines = [
+        "",
+        "[spa]",
+        f"port = {spa.port}",
+        f"max_age = {render_duration(spa.max_age)}",
+    ]
+    for stanza in spa.stanzas:
+        key_source, hmac_source = spa_key_sources(stanza)
+        lines += [
+            "",
+            "[[spa.stanza]]",
+            f"name = {toml_string(stanza.name)}",
+            "source = "
+            + _string_list([SPA_ANY] if not stanza.source else [str(n) for n in stanza.source]),
+            _render_secret(key_source, stanza.key),
+        ]
+        if hmac_source is not None and stanza.hmac_key is not None:
+            lines.append(_render_secret(hmac_source, stanza.hmac_key))
+        lines += [
+            f"hmac = {toml_string(stanza.hmac)}",
+            f"encryption_mode = {toml_string('legacy' if stanza.legacy else 'cbc')}",
+            f"open_ports = {_string_list(spa_access_text(a) for a in stanza.open_ports)}",
+            f"restrict_ports = {_string_list(spa_access_text(a) for a in stanza.restrict_ports)}",
+            f"access_timeout = {render_duration(stanza.access_timeout)}",
+            f"max_timeout = {render_duration(stanza.max_timeout)}",
+            f"require_source_address = {'true' if stanza.require_source_address else 'false'}",
+        ]
+        if stanza.require_username is not None:
+            lines.append(f"require_username = {toml_string(stanza.require_username)}")
+        if stanza.expires is not None:
+            lines.append(f"expires = {render_expires(stanza.expires)}")
+    return lines
+
+
+def _render_secret(source: SpaKeySource, secret: bytes) -> str:
+    if source.path is not None:
+        return f"{source.form} = {toml_string(source.path)}"
+    if source.form in ("key", "hmac_key"):
+        with contextlib.suppress(UnicodeDecodeError):
+            return f"{source.form} = {toml_string(secret.decode('utf-8'))}"
+    form = "hmac_key_base64" if source.form.startswith("hmac") else "key_base64"
+    return f"{form} = {toml_string(base64.b64encode(secret).decode('ascii'))}"
 
 
 def _render_ban(ban: Ban) -> list[str]:

@@ -65,7 +65,7 @@ from guardian.effectors.nft import NftEffector, NftError
 from guardian.effectors.nft_rules import commands_for
 from guardian.effectors.sshd import SshdSwitch
 from guardian.effectors.state import StateStore
-from guardian.engine import Engine
+from guardian.engine import Engine, EngineSnapshot
 from guardian.events import (
     BanFound,
     BanRequested,
@@ -79,6 +79,7 @@ from guardian.events import (
     RevokeRequested,
     SessionOpened,
     SignalsChanged,
+    SpaReplaysLoaded,
     UnbanRequested,
 )
 from guardian.journal_log import (
@@ -95,6 +96,7 @@ from guardian.snapshot import (
     BanInfo,
     RecentEvents,
     SnapshotError,
+    SpaStatus,
     WatcherStatus,
     build_status,
     event_from_notice,
@@ -145,12 +147,27 @@ class DaemonStats:
 
 
 def _knock_watcher_for(config: Config) -> KnockWatcher | None:
+    """The capture socket for knocks and SPA datagrams, or None when there is nothing to see."""
     tcp, udp = knock_ports(config)
-    if not tcp and not udp:
+    spa = (config.spa.port,) if config.spa.enabled else ()
+    if not tcp and not udp and not spa:
         return None
-    watcher = KnockWatcher(tuple(sorted(tcp)), tuple(sorted(udp)), config.guard.interfaces)
+    watcher = KnockWatcher(
+        tuple(sorted(tcp)), tuple(sorted(udp)), config.guard.interfaces, spa_ports=spa
+    )
     watcher.open()
     return watcher
+
+
+def _spa_status(config: Config, engine: EngineSnapshot) -> SpaStatus | None:
+    if not config.spa.enabled:
+        return None
+    return SpaStatus(
+        f"udp/{config.spa.port}",
+        tuple(stanza.name for stanza in config.spa.stanzas),
+        engine.spa_refusals,
+        engine.spa_replays,
+    )
 
 
 def resolve_login_grace(config: Config) -> Config:
@@ -230,6 +247,8 @@ class Daemon:
         now, wall = self.clock(), self.wall_clock()
         self.started_wall = wall
         actions = self.engine.feed(OffencesLoaded(self._store.load_offences()), now, wall=wall)
+        replays = self._store.load_spa_replays(wall)
+        actions += self.engine.feed(SpaReplaysLoaded(replays), now, wall=wall)
         # Adopting bans is one step whatever their number (100k in well under a second); the
         # collector only slows the many small objects down, so it waits.
         gc.disable()
@@ -1016,6 +1035,7 @@ class DaemonControl:
             config_path=d.config.path,
             table_installed=d.nft.table_exists(),
             watchers=d.watcher_statuses(),
+            spa=_spa_status(d.config, engine),
             events=d.recent.items(),
             extra_counters=d.loop_counters(),
         ).to_json()

@@ -64,10 +64,14 @@ class SshdStatus:
 
 @dataclass(frozen=True, slots=True)
 class SpaStatus:
-    """Single Packet Authorization: where it listens ("udp/62201") and its stanza names."""
+    """Single Packet Authorization: where packets are captured ("udp/62201"; nothing listens),
+    the stanza names, refusals per reason (engine/spa.py REFUSAL_REASONS) and the replay
+    digests held (two per authentic packet: its wire text and its decrypted contents)."""
 
     listen: str
     stanzas: tuple[str, ...] = ()
+    refusals: Mapping[str, int] = field(default_factory=dict)
+    replays: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,7 +244,12 @@ class StatusSnapshot:
             ],
             "spa": None
             if self.spa is None
-            else {"listen": self.spa.listen, "stanzas": list(self.spa.stanzas)},
+            else {
+                "listen": self.spa.listen,
+                "stanzas": list(self.spa.stanzas),
+                "refusals": dict(self.spa.refusals),
+                "replays": self.spa.replays,
+            },
             "events": [e.to_json() for e in self.events],
             "counters": dict(self.counters),
             "gauges": dict(self.gauges),
@@ -479,7 +488,12 @@ def from_json(doc: object) -> StatusSnapshot:
         bans=r.opt_items("bans", _ban),
         spa=None
         if spa is None
-        else SpaStatus(spa.text("listen"), spa.items("stanzas", _string_item)),
+        else SpaStatus(
+            spa.text("listen"),
+            spa.items("stanzas", _string_item),
+            _int_map(spa.doc.get("refusals", {}), spa.where("refusals")),
+            spa.integer("replays") if "replays" in spa.doc else 0,
+        ),
         events=r.items("events", _event),
         counters=_int_map(r.doc.get("counters", {}), r.where("counters")),
         gauges=_num_map(r.doc.get("gauges", {}), r.where("gauges")),

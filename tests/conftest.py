@@ -4,9 +4,11 @@
 # marked `lab`, so `pytest -m "not lab"` runs the pure tests without root.
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +20,19 @@ REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = Path(os.environ.get("GUARDIAN_ARTIFACTS", str(REPO / "artifacts")))
 LAB_FIXTURES = {"lab", "lab_module", "sshd", "root"}
 # Private keys stay out of the artifacts; everything else in a lab's work dir is logs and configs.
-_NOT_ARTIFACTS = shutil.ignore_patterns("*_key", "client_ed25519", "owner")
+_SECRETS = shutil.ignore_patterns("*_key", "client_ed25519", "owner", "*.key", "*.hmac", "*.pass")
+
+
+def _not_artifacts(directory: str, names: list[str]) -> set[str]:
+    """Keys stay out of artifacts; so do sockets and fifos (a control socket cannot be copied)."""
+    skipped = set(_SECRETS(directory, names))
+    for name in names:
+        with contextlib.suppress(OSError):
+            if not stat.S_ISREG(os.lstat(os.path.join(directory, name)).st_mode) and not (
+                os.path.isdir(os.path.join(directory, name))
+            ):
+                skipped.add(name)
+    return skipped
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -49,7 +63,7 @@ def save_artifacts(lab: Lab, label: str) -> Path | None:
     if not lab.workdir.is_dir():
         return None
     dest = ARTIFACTS / re.sub(r"[^A-Za-z0-9_.-]+", "_", label).strip("_") / lab.name
-    shutil.copytree(lab.workdir, dest, ignore=_NOT_ARTIFACTS, dirs_exist_ok=True)
+    shutil.copytree(lab.workdir, dest, ignore=_not_artifacts, dirs_exist_ok=True)
     return dest
 
 

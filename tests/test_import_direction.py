@@ -20,7 +20,15 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1] / "guardian"
 # The package root (only the version lives there) is the lowest of all.
 LAYERS: tuple[tuple[int, tuple[str, ...]], ...] = (
     (0, ("guardian", "guardian.addresses", "guardian.events", "guardian.actions")),
-    (1, ("guardian.config", "guardian.configfile", "guardian.knockd_import")),
+    (
+        1,
+        (
+            "guardian.config",
+            "guardian.configfile",
+            "guardian.knockd_import",
+            "guardian.fwknop_import",
+        ),
+    ),
     # Pure consumers of config and actions: the engine, the parsers (bpf is the packet filter's
     # pure half), the `guardian check` lints and the notice formatter.
     (
@@ -32,6 +40,7 @@ LAYERS: tuple[tuple[int, tuple[str, ...]], ...] = (
             "guardian.bpf",
             "guardian.checks",
             "guardian.notices",
+            "guardian.spa_packet",  # builds SPA packets: pure, like the decoder it mirrors
         ),
     ),
     # The wire snapshot is pure, but it is built from the engine's snapshot.
@@ -60,7 +69,7 @@ LAYERS: tuple[tuple[int, tuple[str, ...]], ...] = (
         ),
     ),
     # Upper layers that may use anything below the command line.
-    (5, ("guardian.knock_client", "guardian.lab", "guardian.replay")),
+    (5, ("guardian.knock_client", "guardian.spa_client", "guardian.lab", "guardian.replay")),
     (6, ("guardian.cli",)),
     (7, ("guardian.__main__",)),
 )

@@ -312,7 +312,7 @@ def test_build_status_passes_daemon_sections_through() -> None:
         table_installed=False,
         sshd=SshdStatus("stopped"),
         bans=[ban],
-        spa=SpaStatus("udp/62201", ("laptop",)),
+        spa=SpaStatus("udp/62201", ("laptop",), {"too_old": 2}, 1),
         events=[event],
         extra_counters={"control_refused": 3},
     )

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from guardian.actions import Ban, Notice, RecordOffence
+from guardian.actions import Ban, Notice, RecordOffence, RecordSpaReplay
 from guardian.effectors.state import StateStore
 from guardian.events import OffenceRecord
 
@@ -75,6 +75,30 @@ def test_positions_are_saved_in_one_batch_and_deleted_with_none(tmp_path: Path) 
         assert store.get_position("btmp") == "inode=12 offset=768"
         assert store.get_position("journal") == "s=abc;i=1"
         assert store.get_position("authlog") is None
+
+
+def test_spa_replay_digests_survive_reopening_until_they_expire(tmp_path: Path) -> None:
+    path = str(tmp_path / "state.db")
+    store = StateStore(path)
+    now = time.time()
+    store.apply(
+        [
+            RecordSpaReplay(b"\x01" * 32, now + 100.0),
+            RecordSpaReplay(b"\x02" * 32, now + 5.0),
+            RecordSpaReplay(b"\x01" * 32, now + 50.0),  # a re-record never shortens it
+        ]
+    )
+    store.close()
+    store = StateStore(path)
+    assert sorted(store.load_spa_replays(now)) == [
+        (b"\x01" * 32, now + 100.0),
+        (b"\x02" * 32, now + 5.0),
+    ]
+    # Past the second one's expiry only the first is loaded, and the expired row is deleted.
+    assert store.load_spa_replays(now + 10.0) == ((b"\x01" * 32, now + 100.0),)
+    count = sqlite3.connect(path).execute("SELECT COUNT(*) FROM spa_replays").fetchone()[0]
+    assert count == 1
+    store.close()
 
 
 def test_the_file_uses_wal_and_full_sync(tmp_path: Path) -> None:

@@ -212,7 +212,7 @@ def busy_snapshot() -> StatusSnapshot:
         grants=tuple(grants),
         sessions=tuple(sessions),
         bans=tuple(bans),
-        spa=SpaStatus("udp/62201", ("laptop", "phone")),
+        spa=SpaStatus("udp/62201", ("laptop", "phone"), {"not_authentic": 3, "replay": 1}, 4),
         events=tuple(events),
         counters=counters,
         gauges={"attempts": 17.0, "attempt_records": 21.0, "timer_entries": 80.0},

@@ -1,7 +1,8 @@
 # The state store: what must survive a restart besides the kernel's own bans — each source's
-# offence history (so the next ban after a restart is longer) and the watchers' positions (btmp and
-# auth.log offsets and inodes, the journal cursor), so a restart neither re-reads nor skips lines.
-# One sqlite file (stdlib sqlite3) under /var/lib/guardian.
+# offence history (so the next ban after a restart is longer), the watchers' positions (btmp and
+# auth.log offsets and inodes, the journal cursor), so a restart neither re-reads nor skips lines,
+# and the SPA replay digests (so a packet accepted before a restart is refused after it). One
+# sqlite file (stdlib sqlite3) under /var/lib/guardian.
 #
 # Durability: WAL journal, synchronous=FULL. A commit returns only once its WAL frames are on
 # disk, so a crash of the daemon (kill -9) or of the machine (power loss) after a commit loses
@@ -24,7 +25,7 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from guardian.actions import Action, RecordOffence
+from guardian.actions import Action, RecordOffence, RecordSpaReplay
 from guardian.addresses import IPNetwork
 from guardian.config import DEFAULT_STATE_PATH
 from guardian.events import OffenceRecord
@@ -37,6 +38,8 @@ _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS offences ("
     "network TEXT PRIMARY KEY, offences INTEGER NOT NULL, last_ban_wall REAL NOT NULL)",
     "CREATE TABLE IF NOT EXISTS positions (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    # Added after version 1 shipped; CREATE IF NOT EXISTS upgrades older files in place.
+    "CREATE TABLE IF NOT EXISTS spa_replays (digest BLOB PRIMARY KEY, expires_wall REAL NOT NULL)",
 )
 MEMORY = ":memory:"
 
@@ -73,6 +76,22 @@ class StateStore:
             log.warning("state store %s: %d unreadable offence row(s) skipped", self.path, skipped)
         return tuple(records)
 
+    def load_spa_replays(self, wall: float | None = None) -> tuple[tuple[bytes, float], ...]:
+        """The SPA replay digests still current at `wall` (default: now), for SpaReplaysLoaded;
+        expired ones are deleted on the way."""
+        wall = time.time() if wall is None else wall
+        self._write("forgetting expired SPA replays", [_delete_expired_replays(wall)])
+        try:
+            rows = self._db.execute("SELECT digest, expires_wall FROM spa_replays").fetchall()
+        except sqlite3.DatabaseError as exc:
+            self._failed("reading SPA replays", exc)
+            return ()
+        return tuple(
+            (bytes(digest), float(expires))
+            for digest, expires in rows
+            if isinstance(digest, bytes) and isinstance(expires, float | int)
+        )
+
     def get_position(self, key: str) -> str | None:
         """A watcher's saved position (its own format: offset and inode, a cursor), or None."""
         try:
@@ -85,10 +104,11 @@ class StateStore:
     # -- writing -------------------------------------------------------------------------------
 
     def apply(self, actions: Sequence[Action]) -> None:
-        """Persist the RecordOffence actions of one engine step in one transaction (offences 0
-        forgets the network); every other action is ignored."""
+        """Persist the RecordOffence and RecordSpaReplay actions of one engine step in one
+        transaction (offences 0 forgets the network); every other action is ignored."""
         records = [a for a in actions if isinstance(a, RecordOffence)]
-        if not records:
+        replays = [a for a in actions if isinstance(a, RecordSpaReplay)]
+        if not records and not replays:
             return
         # In order: one step may record a network and then forget it (or the reverse).
         statements: list[tuple[str, tuple[object, ...]]] = []
@@ -106,7 +126,18 @@ class StateStore:
                 statements.append(
                     ("DELETE FROM offences WHERE network = ?", (str(record.network),))
                 )
-        self._write("recording offences", statements)
+        if replays:
+            statements.append(_delete_expired_replays(time.time()))
+        for replay in replays:
+            statements.append(
+                (
+                    "INSERT INTO spa_replays (digest, expires_wall) VALUES (?, ?)"
+                    " ON CONFLICT(digest) DO UPDATE SET"
+                    " expires_wall = max(expires_wall, excluded.expires_wall)",
+                    (replay.digest, replay.expires_wall),
+                )
+            )
+        self._write("recording offences and SPA replays", statements)
 
     def set_positions(self, positions: Mapping[str, str | None]) -> None:
         """Save several watchers' positions in one transaction; None deletes a key."""
@@ -203,6 +234,10 @@ class StateStore:
         )
         self.errors += 1
         return _connect(MEMORY)
+
+
+def _delete_expired_replays(wall: float) -> tuple[str, tuple[object, ...]]:
+    return ("DELETE FROM spa_replays WHERE expires_wall <= ?", (wall,))
 
 
 def _prepare(path: str) -> None:

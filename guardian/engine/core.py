@@ -28,6 +28,12 @@
 # guarded ports to every source for the door's window, never extended; adopt_everyone() takes the
 # kernel's remaining time at start-up.
 #
+# SPA (the rules are in spa.py): SpaSeen is judged by the SpaGate; an accepted packet opens a grant
+# of door "spa:<stanza>" for its address, which then lives like a knock's (window, session, linger).
+# Each refusal is one spa_refused notice "reason: detail" (the daemon's log rate limit keeps a
+# flood of them short, saying how many it left out); refusals never ban (spoofable sources).
+# SpaReplaysLoaded (start-up) restores the replay cache; RecordSpaReplay persists new entries.
+#
 # Clocks: `now` is the caller's monotonic clock. The ban rules also need the wall clock (log lines
 # carry wall-clock times; offence histories are kept in epoch seconds): pass it as `wall`. When a
 # call leaves it out, the engine assumes the wall clock moved as `now` did since the last call
@@ -41,7 +47,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from guardian.actions import Action, Notice
+from guardian.actions import Action, Notice, RecordSpaReplay
 from guardian.addresses import IPAddress, IPNetwork, in_any, normalize
 from guardian.config import (
     MAX_ATTEMPTS,
@@ -57,6 +63,7 @@ from guardian.engine.everyone import EveryoneView, EveryoneWindow
 from guardian.engine.grants import GrantTable, GrantView
 from guardian.engine.knock import KnockCompleted, KnockFailed, KnockOutcome, KnockTracker
 from guardian.engine.sessions import AuthState, Change, ChangeKind, ConnectionTable, SessionView
+from guardian.engine.spa import SpaAccepted, SpaGate
 from guardian.events import (
     AuthFailed,
     BanFound,
@@ -73,6 +80,8 @@ from guardian.events import (
     SessionClosed,
     SessionOpened,
     SignalsChanged,
+    SpaReplaysLoaded,
+    SpaSeen,
     UnbanRequested,
 )
 
@@ -145,6 +154,13 @@ COUNTER_NAMES: tuple[str, ...] = (
     "everyone_not_extended",  # knocks of an everyone door while a window was open (no effect)
     "everyone_closed",  # everyone windows closed (their end, or a close sequence)
     "everyone_adopted",  # everyone windows found in the kernel at start-up
+    # SPA; see engine/spa.py (refusals per reason are in the snapshot's spa_refusals)
+    "spa_seen",  # SpaSeen events (datagrams to the SPA port)
+    "spa_accepted",  # authentic, fresh, within policy: a grant opened or refreshed
+    "spa_refused",  # every refusal, whatever the reason
+    "spa_banned",  # datagrams from banned sources, ignored unread
+    "spa_replays_loaded",  # replay digests restored at start-up
+    "spa_replays_evicted",  # digests dropped to keep the cache under its cap
 )
 
 
@@ -167,6 +183,8 @@ class EngineSnapshot:
     failures_by_origin: Mapping[str, int] = field(default_factory=dict)  # reports per watcher
     failures_by_rule: Mapping[str, int] = field(default_factory=dict)  # reports per sshd rule
     everyone: EveryoneView | None = None  # the open everyone window, if any
+    spa_refusals: Mapping[str, int] = field(default_factory=dict)  # refusals per reason
+    spa_replays: int = 0  # replay digests held
 
 
 class Engine:
@@ -211,6 +229,7 @@ class Engine:
             max_offences=max_offences,
         )
         self._everyone = EveryoneWindow(self._counters)
+        self._spa = SpaGate(config.spa, config.guard.ports, self._counters)
         self._last_now: float | None = None
         self._wall_offset = 0.0  # wall - now at the last call that gave the wall clock
 
@@ -258,6 +277,11 @@ class Engine:
             actions += self._on_grant_requested(event, now)
         elif isinstance(event, RevokeRequested):
             actions += self._grants.revoke(normalize(event.source), event.reason)
+        elif isinstance(event, SpaSeen):
+            actions += self._on_spa(event, now, wall_now)
+        elif isinstance(event, SpaReplaysLoaded):
+            loaded = self._spa.load(event.entries, wall_now)
+            self._counters["spa_replays_loaded"] += loaded
         else:
             self._counters["unexpected_events"] += 1
         # A zero-length window, an adopted grant with no time left or a zero linger is due at
@@ -297,6 +321,7 @@ class Engine:
         self._grants.access = config.access
         self._conns.grace = config.access.login_grace
         actions += self._bans.reconfigure(config.ban, config.guard.trusted)
+        self._spa.reconfigure(config.spa, config.guard.ports)
         actions += self._apply_auth_policy(now)
         return actions + self._run_due(now)
 
@@ -347,6 +372,8 @@ class Engine:
             failures_by_origin=dict(self._bans.by_origin),
             failures_by_rule=dict(self._bans.by_rule),
             everyone=self._everyone.view(),
+            spa_refusals=dict(self._spa.refusals),
+            spa_replays=len(self._spa.replays),
         )
 
     # -- events --------------------------------------------------------------------------------
@@ -390,6 +417,49 @@ class Engine:
         window = door_window(done.matcher.door, self._config.access)
         effects = self._grants.open(source, door, window, now)
         return _cause_first(effects, Notice("knock_completed", source, door))
+
+    def _on_spa(self, event: SpaSeen, now: float, wall: float) -> list[Action]:
+        self._counters["spa_seen"] += 1
+        source = normalize(event.source)
+        if self._bans.covering(source) is not None:
+            self._counters["spa_banned"] += 1
+            return []
+        evicted = self._spa.replays.evicted
+        verdict, replay = self._spa.judge(source, event.payload, wall)
+        self._counters["spa_replays_evicted"] += self._spa.replays.evicted - evicted
+        actions: list[Action] = []
+        if replay is not None:
+            actions.append(RecordSpaReplay(*replay))
+        if not isinstance(verdict, SpaAccepted):
+            self._counters["spa_refused"] += 1
+            reason = f"{verdict.reason}: {verdict.detail}"
+            return actions + self._spa_refusal_notice(source, verdict.stanza, reason)
+        return actions + self._on_spa_accepted(verdict, source, now)
+
+    def _on_spa_accepted(
+        self, accepted: SpaAccepted, source: IPAddress, now: float
+    ) -> list[Action]:
+        door = f"spa:{accepted.stanza}"
+        address = accepted.address
+        skew, side = abs(accepted.skew), "behind" if accepted.skew > 0 else "ahead of"
+        detail = _join(
+            f"for {address}" if address != source else "",
+            f"client clock {skew:.0f}s {side} ours" if skew >= 1 else "",
+        )
+        if self._bans.covering(address) is not None:
+            self._counters["spa_refused"] += 1
+            self._spa.refusals["banned_address"] += 1
+            detail = f"banned_address: {address} is banned"
+            return self._spa_refusal_notice(source, accepted.stanza, detail)
+        self._counters["spa_accepted"] += 1
+        if in_any(address, self._config.guard.trusted):
+            return [Notice("spa_accepted", source, door, _join(detail, "trusted, no grant needed"))]
+        effects = self._grants.open(address, door, accepted.window, now)
+        return _cause_first(effects, Notice("spa_accepted", source, door, detail))
+
+    def _spa_refusal_notice(self, source: IPAddress, stanza: str, detail: str) -> list[Action]:
+        # One notice per refusal; the daemon's log rate limit (notices.py) keeps a flood short.
+        return [Notice("spa_refused", source, f"spa:{stanza}" if stanza else "spa", detail)]
 
     def _on_connections(
         self, event: ConnectionOpened | ConnectionClosed | ConnectionsListed, now: float
@@ -563,6 +633,10 @@ class Engine:
                 if lifted is None:
                     raise AssertionError("a due ban deadline did not expire")
                 actions += lifted
+
+
+def _join(*parts: str) -> str:
+    return ", ".join(part for part in parts if part)
 
 
 def _address_order(source: IPAddress) -> tuple[int, int]:

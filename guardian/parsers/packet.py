@@ -1,5 +1,6 @@
-# Knock packets, pure: bytes starting at the IP header (what an AF_PACKET SOCK_DGRAM socket
-# delivers) -> a KnockSeen, or None for anything that is not a well-formed, complete IPv4/IPv6 TCP
+# Knock and SPA packets, pure: bytes starting at the IP header (what an AF_PACKET SOCK_DGRAM
+# socket delivers) -> a KnockSeen (ports and flags), or a UDP datagram's source, port and payload
+# (parse_datagram, for SPA), or None for anything that is not a well-formed, complete IPv4/IPv6 TCP
 # or UDP packet. It never raises: a capture socket hands us whatever the wire carried, and a
 # malformed packet is an ordinary non-event.
 #
@@ -22,19 +23,44 @@ _TCP_FLAGS_MASK = (
 _IPV6_HEADER = 40
 
 
+_Source = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
 def parse_knock(packet: bytes, interface: str = "") -> KnockSeen | None:
     """An IP packet -> KnockSeen(source, port, proto, tcp_flags, interface), or None."""
+    found = _network_layer(packet)
+    if found is None:
+        return None
+    source, proto, segment = found
+    return _parse_transport(segment, proto, source, interface)
+
+
+def parse_datagram(packet: bytes) -> tuple[_Source, int, bytes] | None:
+    """A UDP packet -> (source, destination port, payload), or None (not complete UDP)."""
+    found = _network_layer(packet)
+    if found is None or found[1] != "udp":
+        return None
+    source, _, segment = found
+    if len(segment) < 8:
+        return None
+    udp_length = int.from_bytes(segment[4:6], "big")
+    if not 8 <= udp_length <= len(segment):
+        return None
+    return normalize(source), int.from_bytes(segment[2:4], "big"), segment[8:udp_length]
+
+
+def _network_layer(packet: bytes) -> tuple[_Source, Proto, bytes] | None:
     if not packet:
         return None
     version = packet[0] >> 4
     if version == 4:
-        return _parse_ipv4(packet, interface)
+        return _parse_ipv4(packet)
     if version == 6:
-        return _parse_ipv6(packet, interface)
+        return _parse_ipv6(packet)
     return None
 
 
-def _parse_ipv4(packet: bytes, interface: str) -> KnockSeen | None:
+def _parse_ipv4(packet: bytes) -> tuple[_Source, Proto, bytes] | None:
     if len(packet) < 20:
         return None
     header_length = (packet[0] & 0x0F) * 4
@@ -45,11 +71,10 @@ def _parse_ipv4(packet: bytes, interface: str) -> KnockSeen | None:
         return None
     if not header_length <= total_length <= len(packet):
         return None
-    source = ipaddress.IPv4Address(packet[12:16])
-    return _parse_transport(packet[header_length:total_length], proto, source, interface)
+    return ipaddress.IPv4Address(packet[12:16]), proto, packet[header_length:total_length]
 
 
-def _parse_ipv6(packet: bytes, interface: str) -> KnockSeen | None:
+def _parse_ipv6(packet: bytes) -> tuple[_Source, Proto, bytes] | None:
     if len(packet) < _IPV6_HEADER:
         return None
     payload_length = int.from_bytes(packet[4:6], "big")
@@ -57,13 +82,10 @@ def _parse_ipv6(packet: bytes, interface: str) -> KnockSeen | None:
     end = _IPV6_HEADER + payload_length
     if proto is None or end > len(packet):
         return None
-    source = ipaddress.IPv6Address(packet[8:24])
-    return _parse_transport(packet[_IPV6_HEADER:end], proto, source, interface)
+    return ipaddress.IPv6Address(packet[8:24]), proto, packet[_IPV6_HEADER:end]
 
 
-def _parse_transport(
-    segment: bytes, proto: Proto, source: ipaddress.IPv4Address | ipaddress.IPv6Address, iface: str
-) -> KnockSeen | None:
+def _parse_transport(segment: bytes, proto: Proto, source: _Source, iface: str) -> KnockSeen | None:
     if proto == "tcp":
         if len(segment) < 20:
             return None

@@ -100,6 +100,10 @@ def render_header(snapshot: StatusSnapshot, width: int) -> RenderableType:
     if snapshot.spa is not None:
         stanzas = ", ".join(snapshot.spa.stanzas) or "none"
         lines.append(f"\nSPA on {snapshot.spa.listen}, stanzas: {stanzas}")
+        accepted = snapshot.counters.get("spa_accepted", 0)
+        refused = sorted(snapshot.spa.refusals.items(), key=lambda item: (-item[1], item[0]))
+        summary = ", ".join(f"{reason} {count}" for reason, count in refused[:4]) or "none"
+        lines.append(f"; accepted {accepted}, refused: {summary}")
     return Panel(
         lines,
         title=Text(f"ssh-guardian {h.version}"),

@@ -1,5 +1,6 @@
-# The knock watcher: one AF_PACKET socket, a kernel BPF filter built from the knock and decoy
-# ports, and a non-blocking drain into KnockSeen events. It decides nothing about doors.
+# The knock watcher: one AF_PACKET socket, a kernel BPF filter built from the knock, decoy and SPA
+# ports, and a non-blocking drain into KnockSeen events (and SpaSeen, with the datagram's payload,
+# for UDP to an SPA port). It decides nothing about doors or SPA keys.
 #
 # Why this shape (spec/platform.md "Knock capture"):
 # - AF_PACKET taps packets before nftables (ingress and input), so knocks the firewall drops are
@@ -13,6 +14,8 @@
 #   are still checked in userspace, so the kernel filter is an optimisation, never the only guard.
 # - PACKET_IGNORE_OUTGOING: our own outgoing packets (a knock client on this host) are not taps.
 # - A large receive buffer absorbs bursts; PACKET_STATISTICS counts what the kernel still dropped.
+# - SPA (spec/fwknop-spa.md) rides the same socket: nothing listens on the SPA port, so it answers
+#   a scanner exactly as any closed UDP port does (ICMP port unreachable), and nothing is sent back.
 from __future__ import annotations
 
 import ctypes
@@ -23,8 +26,8 @@ import struct
 from collections.abc import Iterable
 
 from guardian.bpf import compile_knock_filter
-from guardian.events import KnockSeen
-from guardian.parsers.packet import parse_knock
+from guardian.events import KnockSeen, SpaSeen
+from guardian.parsers.packet import parse_datagram, parse_knock
 from guardian.watchers import WatcherError
 
 ETH_P_ALL = 0x0003
@@ -45,6 +48,7 @@ _SOCKADDR_LL = struct.Struct("=H2siHBB8s")
 STAT_KEYS = (
     "received",  # packets read from the socket
     "parsed",  # became KnockSeen events
+    "spa",  # became SpaSeen events (UDP datagrams to an SPA port)
     "malformed",  # not a complete IPv4/IPv6 TCP/UDP packet
     "ignored_port",  # parsed, but not to a port in the sets (e.g. queued under an older filter)
     "ignored_interface",  # arrived on an interface outside the configured ones
@@ -61,9 +65,14 @@ class KnockWatcher:
     large for one BPF program. OS errors surface as WatcherError."""
 
     def __init__(
-        self, tcp_ports: Iterable[int], udp_ports: Iterable[int], interfaces: tuple[str, ...] = ()
+        self,
+        tcp_ports: Iterable[int],
+        udp_ports: Iterable[int],
+        interfaces: tuple[str, ...] = (),
+        spa_ports: Iterable[int] = (),
     ) -> None:
-        self._tcp, self._udp, self._filter = _prepare(tcp_ports, udp_ports)
+        self._spa = frozenset(spa_ports)
+        self._tcp, self._udp, self._filter = _prepare(tcp_ports, udp_ports, self._spa)
         self._interfaces = frozenset(interfaces)
         self._sock: socket.socket | None = None
         self._counts = dict.fromkeys(STAT_KEYS, 0)
@@ -120,13 +129,14 @@ class KnockWatcher:
         return self._open_socket().fileno()
 
     # -- reading -----------------------------------------------------------------------------
-    def read_events(self, max_packets: int = 512) -> list[KnockSeen]:
-        """Drain up to max_packets queued packets without blocking; return the knocks among them.
+    def read_events(self, max_packets: int = 512) -> list[KnockSeen | SpaSeen]:
+        """Drain up to max_packets queued packets without blocking; return the knocks and SPA
+        datagrams among them.
 
         Bounded so a flood cannot starve the rest of the event loop: call again when the fd is
         still readable."""
         sock = self._open_socket()
-        events: list[KnockSeen] = []
+        events: list[KnockSeen | SpaSeen] = []
         for _ in range(max_packets):
             try:
                 packet, address = sock.recvfrom(MAX_PACKET)
@@ -141,7 +151,7 @@ class KnockWatcher:
                 events.append(event)
         return events
 
-    def _accept(self, packet: bytes, address: tuple[object, ...]) -> KnockSeen | None:
+    def _accept(self, packet: bytes, address: tuple[object, ...]) -> KnockSeen | SpaSeen | None:
         counts = self._counts
         counts["received"] += 1
         interface, pkttype = str(address[0]), address[2]
@@ -151,6 +161,11 @@ class KnockWatcher:
         if self._interfaces and interface not in self._interfaces:
             counts["ignored_interface"] += 1
             return None
+        if self._spa:
+            datagram = parse_datagram(packet)
+            if datagram is not None and datagram[1] in self._spa:
+                counts["spa"] += 1
+                return SpaSeen(datagram[0], datagram[1], datagram[2], interface)
         event = parse_knock(packet, interface)
         if event is None:
             counts["malformed"] += 1
@@ -162,16 +177,19 @@ class KnockWatcher:
         return event
 
     # -- reconfiguration and counters ----------------------------------------------------------
-    def set_ports(self, tcp_ports: Iterable[int], udp_ports: Iterable[int]) -> None:
+    def set_ports(
+        self, tcp_ports: Iterable[int], udp_ports: Iterable[int], spa_ports: Iterable[int] = ()
+    ) -> None:
         """Swap the port sets (config reload). The kernel replaces the filter atomically; packets
         queued under the old one are checked against the new sets here. ValueError as __init__."""
-        tcp, udp, program = _prepare(tcp_ports, udp_ports)
+        spa = frozenset(spa_ports)
+        tcp, udp, program = _prepare(tcp_ports, udp_ports, spa)
         if self._sock is not None:
             try:
                 _attach_filter(self._sock, program)
             except OSError as error:
                 raise WatcherError(f"knock watcher: replacing the filter: {error}") from error
-        self._tcp, self._udp, self._filter = tcp, udp, program
+        self._tcp, self._udp, self._filter, self._spa = tcp, udp, program, spa
 
     def stats(self) -> dict[str, int]:
         """Counters since construction (keys: STAT_KEYS). Reading the kernel's counters resets
@@ -197,10 +215,10 @@ class KnockWatcher:
 
 
 def _prepare(
-    tcp_ports: Iterable[int], udp_ports: Iterable[int]
+    tcp_ports: Iterable[int], udp_ports: Iterable[int], spa_ports: frozenset[int]
 ) -> tuple[frozenset[int], frozenset[int], bytes]:
     tcp, udp = frozenset(tcp_ports), frozenset(udp_ports)
-    return tcp, udp, compile_knock_filter(tcp, udp)
+    return tcp, udp, compile_knock_filter(tcp, udp | spa_ports)
 
 
 def _attach_filter(sock: socket.socket, program: bytes) -> None:
