@@ -186,6 +186,12 @@ def _spa_crypto_warnings(stanza: SpaStanza) -> list[str]:
             f"'0' or cut to {LEGACY_KEY} bytes, so at most {LEGACY_KEY} bytes of it count; "
             'upgrade the clients and use "cbc"'
         )
+        if stanza.hmac_key is not None:
+            warnings.append(
+                f"{name} combines legacy mode with an HMAC: the fwknop client refuses that "
+                '("Legacy encryption mode is incompatible with HMAC usage"), so only '
+                "`guardian knock --spa` can open it"
+            )
     key_source, _ = spa_key_sources(stanza)
     if key_source.form in PASSPHRASE_FORMS:
         warnings.append(

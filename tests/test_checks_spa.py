@@ -49,10 +49,14 @@ def test_no_hmac_is_warned() -> None:
     assert "bit-flipped copy" in warning and "`guardian keygen`" in warning
 
 
-def test_legacy_mode_is_warned() -> None:
-    (warning,) = spa_warnings(config(GOOD + 'encryption_mode = "legacy"\n'), NOW)
-    assert 'encryption_mode = "legacy"' in warning
-    assert "at most 16 bytes of it count" in warning
+def test_legacy_mode_is_warned_and_with_an_hmac_that_fwknop_cannot_send_it() -> None:
+    legacy, with_hmac = spa_warnings(config(GOOD + 'encryption_mode = "legacy"\n'), NOW)
+    assert 'encryption_mode = "legacy"' in legacy
+    assert "at most 16 bytes of it count" in legacy
+    assert "the fwknop client refuses that" in with_hmac
+    no_hmac = GOOD.replace(f'hmac_key_base64 = "{HMAC_B64}"\n', 'hmac = "none"\n')
+    warnings = spa_warnings(config(no_hmac + 'encryption_mode = "legacy"\n'), NOW)
+    assert not [w for w in warnings if "fwknop client refuses" in w]
 
 
 @pytest.mark.parametrize("key", ['key = "hunter2"', 'key = "a much longer passphrase!!"'])
@@ -114,7 +118,7 @@ def test_open_ports_that_are_not_guarded_tcp_ports_are_warned() -> None:
 def test_every_stanza_is_checked_and_named() -> None:
     weak = GOOD.replace('"alice"', '"bob"') + 'encryption_mode = "legacy"\n'
     warnings = spa_warnings(config(GOOD + weak), NOW)
-    assert len(warnings) == 1 and "'bob'" in warnings[0]
+    assert len(warnings) == 2 and all("'bob'" in w for w in warnings)  # legacy, with an HMAC
 
 
 def test_config_warnings_include_spa_and_read_the_clock_when_not_given_a_time() -> None:

@@ -231,3 +231,27 @@ def test_fwknopd_accepts_the_bit_flipped_variant(fwknopd: Fwknopd) -> None:
     assert decode(variant, key).canonical == decode(wire, key).canonical
     fwknopd.accepts(wire, 4)
     fwknopd.accepts(variant, 4)
+
+
+def test_fwknopd_accepts_guardian_knock_spa(fwknopd: Fwknopd) -> None:
+    """The command a user runs: `guardian knock --spa HOST --stanza NAME`, keys from a client-side
+    config whose stanza holds the same key files as fwknopd's first stanza."""
+    lab, key = fwknopd.lab, fwknopd.stanzas[0].key
+    assert key.hmac_key is not None
+    files = []
+    for name, value in (("key", key.key), ("hmac", key.hmac_key)):
+        path = lab.workdir / f"client-{fwknopd.mode}.{name}"
+        path.write_text(base64.b64encode(value).decode() + "\n")
+        path.chmod(0o600)
+        files.append(path)
+    config = lab.workdir / f"client-{fwknopd.mode}.toml"
+    config.write_text(
+        f'[[spa.stanza]]\nname = "home"\nkey_base64_file = "{files[0]}"\n'
+        f'hmac_key_base64_file = "{files[1]}"\n'
+    )
+    start = len(fwknopd.text())
+    argv = [sys.executable, "-m", "guardian", "knock", "--spa", "-c", str(config)]
+    done = lab.run("client", [*argv, "--stanza", "home", lab.addr("server")], timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert "sent SPA to" in done.stdout
+    fwknopd.wait_for(f"(stanza #1) {ACCEPTED}", start)
