@@ -82,6 +82,14 @@ def encode(
         client_timeout=client_timeout,
         random_digits=_random_digits() if random_digits is None else random_digits,
     )
+    return seal(key, plaintext, digest=digest, salt=salt)
+
+
+def seal(
+    key: SpaKey, plaintext: bytes, *, digest: str = "sha256", salt: bytes | None = None
+) -> bytes:
+    """The wire payload for a plaintext P (without its digest): digest, encrypt, HMAC. encode()
+    builds P for access requests; tests use this to make the message types we never send."""
     if digest not in DIGEST_NAMES:
         raise ValueError(f"unknown digest {digest!r} (one of {', '.join(DIGEST_NAMES)})")
     padded_text = plaintext + b":" + digest_b64(digest, plaintext)

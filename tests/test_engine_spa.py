@@ -17,8 +17,8 @@ from guardian.addresses import IPAddress
 from guardian.config import Access, Config, Guard, Spa, SpaStanza
 from guardian.engine import Engine
 from guardian.events import BanRequested, SpaReplaysLoaded, SpaSeen
-from guardian.parsers.spa import SpaKey
-from guardian.spa_packet import encode
+from guardian.parsers.spa import SpaKey, b64
+from guardian.spa_packet import encode, seal
 
 KEY = base64.b64decode("Etvos/HBZ1AzjavjxfcCpbiKyDu0ShEHQQKwxI3BJ6g=")
 HMAC_KEY = bytes(range(64))
@@ -236,3 +236,28 @@ def test_garbage_floods_leave_a_valid_packet_working() -> None:
         assert not [a for a in feed(e, junk, 0.5) if isinstance(a, OpenGrant)]
     assert e.snapshot(0.5).counters["spa_refused"] == 3000
     assert [a for a in feed(e, valid, 1.0) if isinstance(a, OpenGrant)]
+
+
+@pytest.mark.parametrize(
+    ("message_type", "body", "named"),
+    [
+        (0, b"0.0.0.0,touch /tmp/x", "command (type 0)"),
+        (2, b"0.0.0.0,tcp/22:" + b64(b"192.168.1.2,22"), "NAT access (type 2)"),
+        (5, b"0.0.0.0,tcp/22:" + b64(b"192.168.1.2,22"), "local NAT access (type 5)"),
+    ],
+)
+def test_command_and_nat_messages_are_refused_by_name(
+    message_type: int, body: bytes, named: str
+) -> None:
+    message, _, nat = body.partition(b":")
+    fields = [b"1234567890123456", b64(b"alice"), str(int(WALL)).encode(), b"3.0.0"]
+    fields += [str(message_type).encode(), b64(message)]
+    if nat:
+        fields.append(nat)
+    payload = seal(SpaKey(KEY, HMAC_KEY, "sha256"), b":".join(fields))
+    actions = feed(engine(), payload)
+    assert refusal(actions) == "message_type"
+    assert (
+        f"{named} messages are not supported"
+        in next(a for a in actions if isinstance(a, Notice)).detail
+    )
