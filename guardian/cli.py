@@ -283,11 +283,21 @@ def cmd_ban(args: argparse.Namespace) -> int:
     if not args.unban and args.duration:
         command["duration"] = args.duration
     try:
-        request(args.socket, command)
+        reply = request(args.socket, command)
     except ControlClientError as exc:
-        print(f"guardian: {exc}", file=sys.stderr)
+        print(f"guardian: {command['cmd']} {args.address}: {exc}", file=sys.stderr)
         return EXIT_FAIL
-    print(f"{command['cmd']} {args.address}: done")
+    if args.unban:
+        lifted = reply.get("unbanned") or []
+        print(
+            f"unban {args.address}: "
+            + (f"lifted {', '.join(lifted)}" if lifted else "was not banned")
+        )
+    else:
+        banned = ", ".join(reply.get("banned") or [])
+        timeout = reply.get("timeout")
+        until = "permanently" if timeout is None else f"for {timeout:g}s"
+        print(f"ban {args.address}: banned {banned} {until}")
     return EXIT_OK
 
 

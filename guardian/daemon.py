@@ -44,6 +44,7 @@ from typing import Any
 from guardian import __version__
 from guardian.actions import Action, CloseEveryone, Notice, OpenEveryone, OpenGrant, RevokeGrant
 from guardian.actions import Ban as BanAction
+from guardian.actions import Unban as UnbanAction
 from guardian.addresses import parse_address
 from guardian.config import (
     DEFAULT_CONTROL_SOCKET,
@@ -687,6 +688,18 @@ class Daemon:
         """Hand events to the engine at this wake-up (callbacks call this; nothing blocks)."""
         self._pending.extend(events)
 
+    def run_now(self, events: Sequence[Event]) -> list[Action]:
+        """Feed events and apply their actions at once, returning them: for operator commands
+        whose answer is the outcome (a ban the engine refused must not be reported as done).
+        Called from a loop callback, so it runs between two wake-ups like any other step."""
+        now = self.clock()
+        actions = self._feed_all(events, now)
+        self._apply(actions, now)
+        self._status_dirty = True
+        if self._control is not None:
+            self._control.invalidate()
+        return actions
+
     def _on_knock_readable(self, _mask: int) -> None:
         if self._knock is None:
             return
@@ -892,6 +905,9 @@ class Daemon:
             )
         if self._knock is not None:
             counters.update({f"knock_{k}": v for k, v in self._knock.stats().items()})
+        if self._conntrack is not None:
+            # Overruns (ENOBUFS), resynchronising dumps, events drained: lost events show here.
+            counters.update({f"conntrack_{k}": v for k, v in self._conntrack.stats().items()})
         if self.config.hooks:
             hooks = self._hooks.stats()
             counters.update(
@@ -962,13 +978,23 @@ class Daemon:
             self._conntrack = None
             self._down.pop("conntrack", None)
             watcher = ConntrackWatcher(new.guard.ports)
+            listing: ConnectionsListed | None = None
             try:
                 watcher.open()
+                # The new watcher knows no connection yet: without a dump it would drop the
+                # closes of every session open now, and logouts would wait for the socket table.
+                listing = watcher.dump()
             except WatcherError as exc:
+                watcher.close()
                 self._down["conntrack"] = str(exc)
             else:
                 self._conntrack = watcher
                 self._selector.register(watcher, selectors.EVENT_READ, self._on_conntrack_readable)
+            self.queue([self._signals_event()])
+            if listing is not None:
+                self.queue([listing])
+            self._next_socket_poll = self.clock()
+            return
         self.queue([self._signals_event()])
         self._next_socket_poll = self.clock()
 
@@ -1049,12 +1075,17 @@ class DaemonControl:
         return {"queued": True}
 
     def ban(self, source: str, duration: float | None) -> dict[str, Any]:
-        self.daemon.queue([BanRequested(_network(source), duration)])
-        return {"queued": True}
+        actions = self.daemon.run_now([BanRequested(_network(source), duration)])
+        bans = [a for a in actions if isinstance(a, BanAction)]
+        if not bans:
+            refusals = [a.detail for a in actions if isinstance(a, Notice)]
+            raise ControlError(f"ban refused: {'; '.join(refusals) or 'no reason given'}")
+        return {"banned": [str(b.network) for b in bans], "timeout": bans[0].timeout}
 
     def unban(self, source: str) -> dict[str, Any]:
-        self.daemon.queue([UnbanRequested(_network(source))])
-        return {"queued": True}
+        actions = self.daemon.run_now([UnbanRequested(_network(source))])
+        lifted = [str(a.network) for a in actions if isinstance(a, UnbanAction)]
+        return {"unbanned": lifted}
 
     def reload(self) -> dict[str, Any]:
         return {"reloaded": self.daemon.reload()}

@@ -560,6 +560,9 @@ def build_status(
         for g in engine.grants
     )
     counters = dict(engine.counters)
+    # Which watcher reported how many failures (journal, btmp, authlog): one attempt reported by
+    # all three counts once in failures_counted but shows in each of these.
+    counters.update({f"failures_seen_{o}": n for o, n in sorted(engine.failures_by_origin.items())})
     counters.update(extra_counters or {})
     return StatusSnapshot(
         header=Header(

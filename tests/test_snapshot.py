@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import ipaddress
 import json
 import math
@@ -335,3 +336,21 @@ def test_event_from_notice_and_recent_events() -> None:
 
 def test_schema_version_is_written() -> None:
     assert empty_snapshot().to_json()["schema"] == SCHEMA_VERSION
+
+
+def test_build_status_counts_failures_per_origin() -> None:
+    snap = dataclasses.replace(
+        _engine_with_a_grant().snapshot(111.0), failures_by_origin={"journal": 4, "btmp": 3}
+    )
+    status = build_status(
+        snap,
+        wall_now=1_700_000_000.0,
+        started_at=90.0,
+        version="9.9",
+        pid=123,
+        config_path="g.toml",
+        table_installed=True,
+    )
+    assert status.counters["failures_seen_journal"] == 4
+    assert status.counters["failures_seen_btmp"] == 3
+    assert "failures_seen_authlog" not in status.counters  # no report from it: no key
