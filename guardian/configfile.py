@@ -88,8 +88,10 @@ KeyPath: TypeAlias = tuple[str | int, ...]
 
 MAX_DECOY_BAND = 64  # ports on each side; beyond this the kernel filter grows for little gain
 _DOOR_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
-_STEP = re.compile(r"^\s*(\d+)\s*(?:/\s*([A-Za-z]+))?\s*$")
-_RANGE = re.compile(r"^\s*(\d+)\s*-\s*(\d+)\s*(?:/\s*([A-Za-z]+))?\s*$")
+# Port numbers: at most 6 ASCII digits, so int() never sees 5000 of them (its limit is 4300)
+# or a non-ASCII digit; anything longer is simply "not a port" and gets the usual message.
+_STEP = re.compile(r"^\s*(\d{1,6})\s*(?:/\s*([A-Za-z]+))?\s*$", re.ASCII)
+_RANGE = re.compile(r"^\s*(\d{1,6})\s*-\s*(\d{1,6})\s*(?:/\s*([A-Za-z]+))?\s*$", re.ASCII)
 _TOML_POSITION = re.compile(r"^(.*) \(at line (\d+), column (\d+)\)$", re.DOTALL)
 _TOML_AT_END = re.compile(r"^(.*) \(at end of document\)$", re.DOTALL)
 
@@ -152,7 +154,9 @@ MAX_SPA_KEY = 32  # bytes: fwknop's RIJNDAEL_MAX_KEYSIZE (KEY, KEY_BASE64 decode
 MAX_SPA_HMAC_KEY = 136  # bytes: fwknop's MAX_DIGEST_BLOCK_LEN (SHA3-256's block) in 2.6.10
 MAX_SPA_USERNAME = 64  # fwknop's MAX_SPA_USERNAME_SIZE
 MAX_SECRET_FILE = 4096  # a key file is one line; anything larger is not one
-_SPA_ACCESS = re.compile(r"^\s*(?:([A-Za-z]+)\s*/\s*(\d+)|(\d+)\s*/\s*([A-Za-z]+))\s*$")
+_SPA_ACCESS = re.compile(
+    r"^\s*(?:([A-Za-z]+)\s*/\s*(\d{1,6})|(\d{1,6})\s*/\s*([A-Za-z]+))\s*$", re.ASCII
+)
 _DATE_ONLY = re.compile(r"^\s*(\d{4})-(\d{2})-(\d{2})\s*$")
 _EPOCH_ORDINAL = datetime.date(1970, 1, 1).toordinal()
 _DAY = 86400
@@ -352,6 +356,8 @@ def parse_config(text: str, path: str, *, read_secret: SecretReader = read_secre
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise _syntax_error(str(exc), text, path) from None
+    except RecursionError:  # tomllib recurses per nesting level: [[[[...]]]] 5000 deep
+        raise ConfigError(path, None, "", "invalid TOML: nested too deeply") from None
     return _Parser(text, path, read_secret).config(data)
 
 
@@ -547,12 +553,17 @@ def _syntax_error(message: str, text: str, path: str) -> ConfigError:
     return ConfigError(path, line, _key_near(text, line), f"invalid TOML: {reason}")
 
 
+_LIST_OPENING = re.compile(r"^\s*[^=\[\s][^=\[]*=\s*\[")
+
+
 def _unclosed_list_line(text: str, line: int) -> int:
     """The nearest line at or above `line` with `key = [` and more '[' than ']', else `line`."""
     lines = text.splitlines()
     for number in range(min(line, len(lines)), 0, -1):
         content = lines[number - 1].split("#", 1)[0]
-        if re.match(r"^\s*[^=\[]+=\s*\[", content) and content.count("[") > content.count("]"):
+        # The key's first character is not blank: `\s*[^=\[]+` would both match a long run of
+        # blanks and backtrack over it quadratically.
+        if _LIST_OPENING.match(content) and content.count("[") > content.count("]"):
             return number
     return line
 
@@ -841,7 +852,7 @@ class _Parser:
         if not isinstance(kinds, list) or not kinds:
             raise self.error((*at, "on"), f"expected a non-empty list, got {_kind(kinds)}")
         for index, kind in enumerate(kinds):
-            if kind not in HOOK_KINDS:
+            if not isinstance(kind, str) or kind not in HOOK_KINDS:
                 raise self.error(
                     (*at, "on", index), f"unknown event {kind!r} (known: {', '.join(HOOK_KINDS)})"
                 )

@@ -744,6 +744,9 @@ def _source_arg(request: JsonDict, *, network: bool = False) -> str:
     raise _BadRequest(f'"source": {value[:60]!r} is not {kind}')
 
 
+MAX_DURATION = 10 * 365 * 86400  # seconds: beyond any ban or grant anyone means
+
+
 def _required_duration(request: JsonDict) -> float:
     value = request.get("duration")
     if isinstance(value, str):
@@ -753,8 +756,13 @@ def _required_duration(request: JsonDict) -> float:
             raise _BadRequest(f'"duration": {exc}') from None
     if not isinstance(value, int | float) or isinstance(value, bool):
         raise _BadRequest('"duration" (seconds, or a string like "10m") is required')
-    if not math.isfinite(value) or value <= 0:
+    # JSON integers have no size limit: 10**400 would overflow math.isfinite(), so compare first.
+    if (isinstance(value, int) and value <= 0) or (
+        isinstance(value, float) and not (math.isfinite(value) and value > 0)
+    ):
         raise _BadRequest('"duration" must be a positive number of seconds')
+    if value > MAX_DURATION:
+        raise _BadRequest(f'"duration" must be at most {MAX_DURATION} seconds (10 years)')
     return float(value)
 
 

@@ -121,7 +121,7 @@ class _LineReader:
     def _parse(self, line: bytes) -> JsonDict:
         try:
             doc = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nesting deeper than Python's stack
             raise ControlClientError(
                 f"guardian sent something that is not JSON ({self._path})"
             ) from None

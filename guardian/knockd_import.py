@@ -232,11 +232,12 @@ def _sequence(section: _Section, path: str) -> tuple[KnockStep, ...]:
     for item in value.split(","):
         port_text, _, proto_text = item.partition(":")
         proto = proto_text.strip().lower() or "tcp"
-        if not port_text.strip().isdigit() or not 1 <= int(port_text) <= 65535:
+        port = _whole_number(port_text.strip(), 5)
+        if port is None or not 1 <= port <= 65535:
             raise ConfigError(path, line, "Sequence", f"not a port 1..65535: {port_text.strip()!r}")
         if proto not in ("tcp", "udp"):
             raise ConfigError(path, line, "Sequence", f"unknown protocol {proto_text.strip()!r}")
-        steps.append(KnockStep(int(port_text), "tcp" if proto == "tcp" else "udp"))
+        steps.append(KnockStep(port, "tcp" if proto == "tcp" else "udp"))
     if len(steps) > MAX_SEQUENCE_LENGTH:
         raise ConfigError(
             path,
@@ -252,11 +253,20 @@ def _seconds(section: _Section, key: str, default: int, path: str) -> int:
     if found is None:
         return default
     value, line = found
-    if not value.isdigit() or int(value) == 0:
+    seconds = _whole_number(value, 9)
+    if seconds is None or seconds == 0:
         raise ConfigError(
-            path, line, _KEY_NAMES[key], f"expected whole seconds above 0, got {value!r}"
+            path, line, _KEY_NAMES[key], f"expected whole seconds above 0, got {value[:40]!r}"
         )
-    return int(value)
+    return seconds
+
+
+def _whole_number(text: str, max_digits: int) -> int | None:
+    """ASCII decimal digits, at most max_digits of them, as a number; else None. str.isdigit()
+    alone also passes "²" (which int() refuses) and 5000 digits (beyond int()'s limit)."""
+    if 0 < len(text) <= max_digits and text.isascii() and text.isdigit():
+        return int(text)
+    return None
 
 
 def _tcp_flags(section: _Section, path: str) -> str | None:
@@ -488,16 +498,34 @@ _IPT_DELETE = re.compile(r"(?:^|\s)(?:-D|--delete)\s")
 _IPT_ACCEPT = re.compile(r"(?:-j|--jump)\s+ACCEPT\b", re.IGNORECASE)
 _UFW_ALLOW = re.compile(r"\bufw\s+(?:insert\s+\d+\s+)?allow\b")
 _UFW_DELETE = re.compile(r"\bufw\s+delete\b")
-_NFT_ADD = re.compile(r"\bnft\b.*\b(?:add|insert|create)\s+(?:element|rule)\b")
-_NFT_DELETE = re.compile(r"\bnft\b.*\b(?:delete|destroy)\s+(?:element|rule)\b")
-_FIREWALLD_ADD = re.compile(r"\bfirewall-cmd\b.*--add-(?:rich-rule|source|port)")
-_FIREWALLD_REMOVE = re.compile(r"\bfirewall-cmd\b.*--remove-(?:rich-rule|source|port)")
+
+
+@dataclass(frozen=True, slots=True)
+class _Then:
+    """`first`, and later on the line `then`: what r"first.*then" means, without its quadratic
+    cost (search() retries `.*` from every occurrence of `first`: a 12 KB line of "nft " took
+    half a second, a megabyte hours)."""
+
+    first: re.Pattern[str]
+    then: re.Pattern[str]
+
+    def search(self, text: str) -> re.Match[str] | None:
+        found = self.first.search(text)
+        return None if found is None else self.then.search(text, found.end())
+
+
+_NFT = re.compile(r"\bnft\b")
+_NFT_ADD = _Then(_NFT, re.compile(r"\b(?:add|insert|create)\s+(?:element|rule)\b"))
+_NFT_DELETE = _Then(_NFT, re.compile(r"\b(?:delete|destroy)\s+(?:element|rule)\b"))
+_FIREWALL_CMD = re.compile(r"\bfirewall-cmd\b")
+_FIREWALLD_ADD = _Then(_FIREWALL_CMD, re.compile(r"--add-(?:rich-rule|source|port)"))
+_FIREWALLD_REMOVE = _Then(_FIREWALL_CMD, re.compile(r"--remove-(?:rich-rule|source|port)"))
 _KNOCK_ADD = re.compile(r"\bknock_add\b")
 _PORTS = (
     re.compile(r"(?:--dports?|\bdport)\s*[= ]?\s*\{?\s*(\d+(?:\s*,\s*\d+)*)"),
     re.compile(r"\bport\s*=?\s*\"?(\d+)"),
     re.compile(r"--add-port=(\d+)"),
-    re.compile(r"\bknock_add\b.*\s-d\s+(\d+)"),
+    _Then(re.compile(r"\bknock_add\b"), re.compile(r"\s-d\s+(\d+)")),
 )
 
 
@@ -531,7 +559,8 @@ def _command_ports(command: str) -> tuple[int, ...]:
     for pattern in _PORTS:
         match = pattern.search(command)
         if match:
-            ports = [int(p) for p in re.findall(r"\d+", match.group(1))]
+            digits = re.findall(r"\d+", match.group(1), re.ASCII)
+            ports = [int(p) for p in digits if len(p) <= 5]
             valid = tuple(dict.fromkeys(p for p in ports if 1 <= p <= 65535))
             if valid:
                 return valid

@@ -414,16 +414,26 @@ def _record(reader: Any) -> JournalRecord:
             fields[name] = ""
     # _PID, _COMM and _UID are journald's own (trusted) fields, taken from the sending process;
     # SYSLOG_PID and SYSLOG_IDENTIFIER are whatever the sender wrote (`logger --id -t sshd`).
-    pid_text = fields["_PID"] if fields["_PID"].isdigit() else fields["SYSLOG_PID"]
+    pid = _small_number(fields["_PID"])
     return JournalRecord(
         identifier=fields["SYSLOG_IDENTIFIER"],
-        pid=int(pid_text) if pid_text.isdigit() else 0,
+        pid=_small_number(fields["SYSLOG_PID"]) or 0 if pid is None else pid,
         message=fields["MESSAGE"],
         realtime=int(reader._get_realtime()) / 1e6,
         cursor=str(reader._get_cursor()),
         command=fields["_COMM"],
-        uid=int(fields["_UID"]) if fields["_UID"].isdigit() else None,
+        uid=_small_number(fields["_UID"]),
     )
+
+
+def _small_number(text: str) -> int | None:
+    """A PID or UID field as a number, or None. SYSLOG_PID is whatever the sender wrote: "²"
+    passes str.isdigit() but not int(), and 5000 digits pass both but exceed int()'s limit on
+    long strings, so only short ASCII decimals are numbers here (a forged line must be dropped,
+    never raise into the event loop)."""
+    if 0 < len(text) <= 10 and text.isascii() and text.isdigit():
+        return int(text)
+    return None
 
 
 def _socket_answers(path: Path) -> bool:
