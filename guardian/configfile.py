@@ -1556,7 +1556,8 @@ def render_config(config: Config) -> str:
         band_only = expand_decoys(
             (*door.sequence, *door.close), door.decoy_band, (), used, guard.ports
         )
-        extra = [step for step in door.decoys if step not in set(band_only)]
+        band = frozenset(band_only)
+        extra = [step for step in door.decoys if step not in band]
         lines += [
             "",
             "[[door]]",
