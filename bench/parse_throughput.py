@@ -1,29 +1,37 @@
 # Parse throughput on a 1M-line synthetic auth.log (issue 4's benchmark), side by side in one run:
-#   ours          guardian.parsers.authlog_chunk (scan_byte_chunks -> scan_chunk) + SshdDetector,
-#                 in-process, one core: the file read in 1 MiB pieces, each piece's whole lines
-#                 decoded and scanned (the bulk path the auth.log watcher and replay use)
+#   ours          the bulk path the auth.log watcher and `guardian replay` use:
+#                 guardian.parsers.authlog_chunk (scan_byte_stream -> scan_text) + SshdDetector,
+#                 in-process, one core; the file read in 1 MiB pieces, as the file follower hands
+#                 them over, each piece's whole lines decoded and scanned
 #   ours per-line parse_syslog_line + SshdDetector.feed line by line (the reference the bulk path
-#                 must equal; one run)
-#   fail2ban      `fail2ban-regex FILE sshd` (fail2ban 1.0.2, the sshd filter, normal mode)
+#                 must equal; what the watcher and replay used before; one run)
 #   sshguard      `/usr/libexec/sshguard/sshg-parser < FILE` (sshguard 2.4's parser)
-# Each reports how many failures it found, so speed is never bought with missed attacks. Peers are
-# installed by bench/setup-peers.sh.
+#   fail2ban      `fail2ban-regex FILE sshd` (fail2ban 1.0.2, the sshd filter, normal mode; one run,
+#                 ~50 s)
+# Ours and sshguard alternate, `--runs` rounds of each (a busy machine slows both alike); the
+# figure is the median of the wall-clock times; CPU seconds (ours in-process, each peer's own as
+# a child process) are recorded too, less disturbed by other work on the machine. Each reports how
+# many failures it found, so speed is never bought with missed attacks: ours must find what
+# the per-line path finds. Peers: bench/setup-peers.sh.
 #
 #   sudo .venv/bin/python bench/parse_throughput.py [--lines 1000000] [--runs 3] [--json out.json]
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
+import resource
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 
-from guardian.parsers.authlog_chunk import scan_byte_chunks
+from guardian.parsers.authlog_chunk import scan_byte_stream
 from guardian.parsers.sshd import SshdDetector
 from guardian.parsers.syslog_line import parse_syslog_line
 
@@ -31,30 +39,46 @@ HERE = Path(__file__).resolve().parent
 SSHG_PARSER = "/usr/libexec/sshguard/sshg-parser"
 CHUNK = 1 << 20  # bytes per read, as a file follower would hand them over
 REFERENCE = datetime(2025, 12, 31, tzinfo=UTC)  # "now" for the generator's traditional stamps
+Timing = tuple[float, float]  # (wall-clock seconds, CPU seconds)
 
 
-def ours(path: Path) -> tuple[float, dict[str, int]]:
+def _clocks() -> tuple[float, float, float]:
+    """Wall clock, this process's CPU time, and its waited-for children's: a busy machine
+    stretches the first (the process waits for a core), hardly the others."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.perf_counter(), time.process_time(), children.ru_utime + children.ru_stime
+
+
+def _since(start: tuple[float, float, float], *, child: bool = False) -> Timing:
+    """(wall, CPU) since start: CPU of this process (ours, in-process), or of the child (a
+    peer, without our time reading its output)."""
+    wall, own, children = _clocks()
+    return wall - start[0], (children - start[2]) if child else (own - start[1])
+
+
+def ours(path: Path) -> tuple[Timing, dict[str, int]]:
     """The auth.log watcher's bulk path, minus the file following: the file read in pieces,
-    each piece's whole lines scanned (scan_byte_chunks keeps the partial last line)."""
+    each piece's whole lines scanned (scan_byte_stream keeps the partial last line), the
+    failures taken from the detections as the watcher and replay take them."""
     detector = SshdDetector("normal")
     detections = attempts = 0
-    start = time.perf_counter()
+    start = _clocks()
     with path.open("rb") as handle:
         pieces = iter(partial(handle.read, CHUNK), b"")
-        for found in scan_byte_chunks(pieces, detector, REFERENCE):
+        for found in scan_byte_stream(pieces, detector, REFERENCE):
             for detection in found:
                 if detection.kind == "failure":
                     detections += 1
                     attempts += detection.attempts
-    return time.perf_counter() - start, {"failures": detections, "attempts": attempts}
+    return _since(start), {"failures": detections, "attempts": attempts}
 
 
-def ours_per_line(path: Path) -> tuple[float, dict[str, int]]:
+def ours_per_line(path: Path) -> tuple[Timing, dict[str, int]]:
     """The per-line pipeline (parse_syslog_line + SshdDetector.feed), for comparison."""
     reference = REFERENCE
     detector = SshdDetector("normal")
     detections = attempts = 0
-    start = time.perf_counter()
+    start = _clocks()
     with path.open("r", encoding="utf-8", errors="replace") as handle:
         for line in handle:
             record = parse_syslog_line(line, reference=reference)
@@ -64,15 +88,15 @@ def ours_per_line(path: Path) -> tuple[float, dict[str, int]]:
                 if detection.kind == "failure":
                     detections += 1
                     attempts += detection.attempts
-    return time.perf_counter() - start, {"failures": detections, "attempts": attempts}
+    return _since(start), {"failures": detections, "attempts": attempts}
 
 
-def fail2ban(path: Path) -> tuple[float, dict[str, int]]:
-    start = time.perf_counter()
+def fail2ban(path: Path) -> tuple[Timing, dict[str, int]]:
+    start = _clocks()
     done = subprocess.run(
         ["fail2ban-regex", str(path), "sshd"], capture_output=True, text=True, check=True
     )
-    elapsed = time.perf_counter() - start
+    elapsed = _since(start, child=True)
     summary = r"Lines: (\d+) lines, (\d+) ignored, (\d+) matched, (\d+) missed"
     match = re.search(summary, done.stdout)
     if match is None:
@@ -80,18 +104,18 @@ def fail2ban(path: Path) -> tuple[float, dict[str, int]]:
     return elapsed, {"matched": int(match.group(3))}
 
 
-def sshguard(path: Path) -> tuple[float, dict[str, int]]:
-    start = time.perf_counter()
+def sshguard(path: Path) -> tuple[Timing, dict[str, int]]:
+    start = _clocks()
     with path.open("rb") as handle:
         done = subprocess.run([SSHG_PARSER], stdin=handle, capture_output=True, check=True)
-    elapsed = time.perf_counter() - start
+    elapsed = _since(start, child=True)
     return elapsed, {"attacks": done.stdout.count(b"\n")}
 
 
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--lines", type=int, default=1_000_000)
-    ap.add_argument("--runs", type=int, default=3, help="runs of the fast parsers (median)")
+    ap.add_argument("--runs", type=int, default=3, help="rounds of the fast parsers (median)")
     ap.add_argument("--file", default="/tmp/guardian-bench-auth.log")
     ap.add_argument("--json")
     args = ap.parse_args()
@@ -101,32 +125,49 @@ def main() -> int:
         check=True,
     )
     lines = args.lines
-    results: dict[str, dict[str, object]] = {}
-    for name, runner, runs in (
-        ("ssh-guardian", ours, args.runs),
-        ("ssh-guardian per-line", ours_per_line, 1),
-        ("sshg-parser (sshguard)", sshguard, args.runs),
-        ("fail2ban-regex (sshd filter)", fail2ban, 1),  # ~50 s a run: one is enough
-    ):
-        times: list[float] = []
-        found: dict[str, int] = {}
-        for _ in range(runs):
-            elapsed, found = runner(path)
-            times.append(elapsed)
-        median = statistics.median(times)
+    load_before = os.getloadavg()
+    times: dict[str, list[Timing]] = {}
+    found: dict[str, dict[str, int]] = {}
+
+    def run(name: str, runner: Callable[[Path], tuple[Timing, dict[str, int]]]) -> None:
+        (wall, cpu), found[name] = runner(path)
+        times.setdefault(name, []).append((wall, cpu))
+        print(
+            f"{name}: {lines / wall:,.0f} lines/s ({lines / cpu:,.0f} per CPU second) "
+            f"{found[name]}",
+            file=sys.stderr,
+        )
+
+    for _ in range(args.runs):  # alternating rounds
+        run("ssh-guardian", ours)
+        run("sshg-parser (sshguard)", sshguard)
+    run("ssh-guardian per-line", ours_per_line)
+    run("fail2ban-regex (sshd filter)", fail2ban)
+    load_after = os.getloadavg()
+    results: dict[str, object] = {}
+    rates: dict[str, int] = {}
+    for name, runs in times.items():
+        median = statistics.median(wall for wall, _ in runs)
+        cpu = statistics.median(cpu for _, cpu in runs)
+        rates[name] = round(lines / median)
         results[name] = {
-            "runs": runs,
-            "median_seconds": round(median, 2),
-            "lines_per_second": round(lines / median),
-            **found,
+            "runs": len(runs),
+            "seconds": [round(wall, 3) for wall, _ in runs],
+            "cpu_seconds": [round(cpu, 3) for _, cpu in runs],
+            "median_seconds": round(median, 3),
+            "lines_per_second": rates[name],
+            "lines_per_cpu_second": round(lines / cpu),
+            **found[name],
         }
-        print(f"{name}: {results[name]}", file=sys.stderr)
-    ours_rate = results["ssh-guardian"]["lines_per_second"]
-    assert isinstance(ours_rate, int)
-    for res in results.values():
-        rate = res["lines_per_second"]
-        assert isinstance(rate, int)
-        res["ours_vs_this"] = round(ours_rate / rate, 2)
+    for name, res in results.items():
+        assert isinstance(res, dict)
+        res["ours_vs_this"] = round(rates["ssh-guardian"] / rates[name], 2)
+    results["same_failures_as_per_line"] = found["ssh-guardian"] == found["ssh-guardian per-line"]
+    results["load_average"] = {
+        "before": [round(x, 2) for x in load_before],
+        "after": [round(x, 2) for x in load_after],
+    }
+    results["python"] = sys.version.split()[0]
     print(json.dumps(results, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")

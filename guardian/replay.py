@@ -1,7 +1,8 @@
 # `guardian replay`: what the ban rules would have done with a log, offline (like fail2ban-regex).
-# It reads an auth.log, a btmp file or the journal through the same parsers and the same pure
-# engine the daemon uses, with time taken from the log itself (each line's own timestamp is both
-# `now` and the wall clock), and reports counts per message rule and the bans it would have made.
+# It reads an auth.log (with the auth.log watcher's bulk parser), a btmp file or the journal
+# through the same parsers and the same pure engine the daemon uses, with time taken from the log
+# itself (each line's own timestamp is both `now` and the wall clock), and reports counts per
+# message rule and the bans it would have made.
 # Nothing here touches the firewall, the state store or the network.
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 
 from guardian.actions import Ban
@@ -17,8 +19,8 @@ from guardian.addresses import IPNetwork
 from guardian.config import Config
 from guardian.engine import Engine
 from guardian.events import AuthFailed
+from guardian.parsers.authlog_chunk import ScanCounts, scan_byte_stream
 from guardian.parsers.sshd import SshdDetector
-from guardian.parsers.syslog_line import parse_syslog_line
 from guardian.parsers.utmp import RECORD_SIZE, parse_utmp
 from guardian.watchers.sshd_log import failure_from
 
@@ -85,15 +87,15 @@ def _drive(report: ReplayReport, config: Config, failures: Iterable[AuthFailed])
 
 
 def _authlog_failures(path: Path, mode: str, report: ReplayReport) -> Iterator[AuthFailed]:
+    """The failures in an auth.log, through the daemon's own bulk parser (authlog_chunk, lines
+    split on "\n" only, invalid UTF-8 replaced, as the auth.log watcher reads them)."""
     detector = SshdDetector("aggressive" if mode == "aggressive" else "normal")
     reference = datetime.fromtimestamp(path.stat().st_mtime).astimezone()
-    with path.open("r", encoding="utf-8", errors="replace") as handle:
-        for line in handle:
-            report.units += 1
-            record = parse_syslog_line(line, reference=reference)
-            if record is None:
-                continue
-            for detection in detector.feed(record.pid, record.message, record.wall_time):
+    counts = ScanCounts()
+    with path.open("rb") as handle:
+        pieces = iter(partial(handle.read, CHUNK), b"")
+        for detections in scan_byte_stream(pieces, detector, reference, counts=counts):
+            for detection in detections:
                 if detection.kind != "failure":
                     continue
                 failure = failure_from(detection, "authlog")
@@ -101,6 +103,7 @@ def _authlog_failures(path: Path, mode: str, report: ReplayReport) -> Iterator[A
                     report.skipped_no_address += 1
                 else:
                     yield failure
+    report.units = counts.lines
 
 
 def _btmp_failures(path: Path, report: ReplayReport) -> Iterator[AuthFailed]:

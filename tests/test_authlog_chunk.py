@@ -21,7 +21,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from guardian.parsers.authlog_chunk import ScanCounts, scan_byte_chunks, scan_chunk
+from guardian.parsers.authlog_chunk import (
+    ScanCounts,
+    scan_byte_chunks,
+    scan_byte_stream,
+    scan_chunk,
+    scan_text,
+)
 from guardian.parsers.sshd import Detection, Mode, SshdDetector
 from guardian.parsers.syslog_line import parse_syslog_line
 
@@ -239,6 +245,29 @@ ADVERSARIAL = [
     "Nov 21 08:00:09 h\tx sshd[17]: Invalid user x from 192.0.2.17 port 1",
     "Nov 21 08:00:09 h sshd[17]:  Invalid user x from 192.0.2.17 port 1",
     "Nov 21 08:00:09 sshd CRON[17]: Invalid user x from 192.0.2.17 port 1",
+    # stamps _SCAN matches loosely (15 characters, then up to a space) but only the per-line
+    # parser may place: the shape is checked once per new stamp, then remembered
+    "xxxxxxxxxxxxxxx h sshd[18]: Invalid user x from 192.0.2.18 port 1",
+    "Nov 21 08:00:0x h sshd[18]: Invalid user x from 192.0.2.18 port 1",
+    "Nov 21 08:00:60 h sshd[18]: Invalid user x from 192.0.2.18 port 1",
+    "Nov 21 08:00:0\u0661 h sshd[18]: Invalid user x from 192.0.2.18 port 1",
+    "Nov 21 08:\u0660\u0660:01 h sshd[18]: Invalid user x from 192.0.2.18 port 1",
+    "Nov 21 08:00:01. h sshd[18]: Invalid user x from 192.0.2.18 port 1",
+    "Nov 21 08:00:01.5x h sshd[18]: Invalid user x from 192.0.2.18 port 1",
+    "Nov 21 08:00:01.5 h sshd[18]: Invalid user x from 192.0.2.18 port 1",
+    "nov 21 08:00:01 h sshd[18]: Invalid user x from 192.0.2.18 port 1",
+    "Nov 1  08:00:01 h sshd[18]: Invalid user x from 192.0.2.18 port 1",
+    "Nov 21 08:00:01:2 h sshd[18]: Invalid user x from 192.0.2.18 port 1",
+    "Nov 21 08x00:01 h sshd[18]: Invalid user x from 192.0.2.18 port 1",
+    "Nov 21 08:00x01 h sshd[18]: Invalid user x from 192.0.2.18 port 1",
+    "2026-11-21T08:00:08.+01:00 h sshd[18]: Invalid user x from 192.0.2.18 port 1",
+    "2026-11-21T08:00:08.25Z h sshd[18]: Invalid user x from 192.0.2.18 port 1",
+    "2026-11-21T08:00:08.\u0662Z h sshd[18]: Invalid user x from 192.0.2.18 port 1",
+    "2026-11-21T08:00:08+01:0x h sshd[18]: Invalid user x from 192.0.2.18 port 1",
+    "2026-11-21T08:00:08Zx h sshd[18]: Invalid user x from 192.0.2.18 port 1",
+    "2026-11-21T08:00:08 h sshd[18]: Invalid user x from 192.0.2.18 port 1",
+    "Nov 1 08:00:07 h sshd[18]: pam_unix(sshd:auth): check pass; user unknown",
+    "xxxxxxxxxxxxxxx h sshd[18]: pam_unix(sshd:auth): check pass; user unknown",
     # other programs, some mentioning sshd
     "Nov 21 08:00:10 h sudo[18]: alice : COMMAND=/usr/sbin/sshd -t",
     "Nov 21 08:00:10 h CRON[18]: pam_unix(cron:session): session opened for user root(uid=0)",
@@ -307,6 +336,26 @@ def test_chunk_boundaries_everywhere() -> None:
     assert_equivalent(text, cuts=list(range(1, len(text))))  # one character at a time
 
 
+@pytest.mark.parametrize("piece", [1, 37, 500, 1 << 16])
+def test_scan_text_in_pieces_equivalent(tmp_path: Path, piece: int) -> None:
+    """scan_text cuts a text into pieces after a newline (each piece's first line starts at the
+    previous piece's last "\n"): any piece size gives the per-line path's detections."""
+    text = generated(tmp_path, 8, lines=2000) + "\n".join(ADVERSARIAL)  # no final newline
+    for mode in MODES:
+        want = per_line(text, mode, UTC_REFERENCE)
+        got = Recorder(mode)
+        counts = ScanCounts()
+        pieces = 0
+        for found in scan_text(text, got, UTC_REFERENCE, counts=counts, piece=piece):
+            got.out += found
+            pieces += 1
+        assert got.fed == want.fed, _first_difference(got.fed, want.fed)
+        assert got.out == want.out
+        assert counts.lines == len(text.split("\n")) and counts.errors == 0
+        assert pieces >= min(len(text) // max(piece, 1000), 2)
+    assert list(scan_text("", SshdDetector())) == []
+
+
 def test_partial_line_is_left_to_the_caller() -> None:
     detector = SshdDetector()
     line = "Nov 21 08:00:00 h sshd[1]: Invalid user x from 192.0.2.1 port 1"
@@ -341,6 +390,10 @@ def test_byte_stream_pieces_equivalent() -> None:
             for found in scan_byte_chunks(pieces, got, UTC_REFERENCE):
                 got.out += found
             assert got.fed == want.fed and got.out == want.out
+            streamed = Recorder(mode)
+            for found in scan_byte_stream(pieces, streamed, UTC_REFERENCE):
+                streamed.out += found
+            assert streamed.fed == want.fed and streamed.out == want.out
     assert any(d.user == "jürgen€" for d in want.out)
     assert any(d.user == "\ufffd\ufffd" for d in want.out)
 

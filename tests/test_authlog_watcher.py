@@ -16,7 +16,10 @@ from pathlib import Path
 import pytest
 
 from guardian.events import AuthFailed, SessionClosed, SessionOpened
+from guardian.parsers.sshd import SshdDetector
+from guardian.parsers.syslog_line import parse_syslog_line
 from guardian.watchers.authlog import AuthLogWatcher
+from guardian.watchers.sshd_log import detection_to_event, failure_from
 
 A4 = ipaddress.IPv4Address("198.51.100.7")
 A6 = ipaddress.IPv6Address("2001:db8::5")
@@ -163,6 +166,60 @@ def test_only_newline_splits_lines(log: Path) -> None:
         events = watcher.read_events()
         assert watcher.stats()["lines"] == 1
     assert [e.source for e in events] == [A4]
+
+
+def test_reads_a_large_backlog_through_the_bulk_parser_as_line_by_line(tmp_path: Path) -> None:
+    """A backlog of ~40k lines of mixed formats (a generated auth.log, RFC 3339 and RFC 5424
+    lines, lines without a PID, invalid UTF-8) read in 1 MiB reads through the bulk parser
+    gives exactly the events and counts the per-line parser gives for the same lines."""
+    path = tmp_path / "auth.log"
+    path.write_bytes(b"")
+    rng = random.Random(16)
+    body: list[bytes] = []
+    for i in range(40_000):
+        pid, source = 2000 + i // 4, f"198.51.{rng.randrange(4)}.{rng.randrange(1, 250)}"
+        shape = rng.randrange(6)
+        if shape == 0:
+            line = f"{T0} host sshd[{pid}]: Invalid user u{i % 7} from {source} port {i}"
+        elif shape == 1:
+            line = f"Mar  1 00:00:0{i % 10} host sshd[{pid}]: Failed password for root from "
+            line += f"{source} port {i} ssh2"
+        elif shape == 2:
+            line = f"<38>1 2025-03-01T00:00:01Z host sshd {pid} - - Invalid user x from {source}"
+        elif shape == 3:
+            line = f"Mar  1 00:00:02 host sshd: Failed password for root from {source} port 1 ssh2"
+        elif shape == 4:
+            line = f"Mar  1 00:00:03 host CRON[{pid}]: pam_unix(cron:session): session opened"
+        else:
+            line = f"{T0} host sshd[{pid}]: Connection closed by {source} port {i} [preauth]"
+        body.append(line.encode() + (b"\xff" if i % 1000 == 0 else b"") + b"\n")
+    data = b"".join(body)
+    with AuthLogWatcher(path, "aggressive", zone=UTC) as watcher:
+        append(path, data)
+        os.utime(path, (1_741_000_000, 1_741_000_000))  # 2025-03-03: the traditional year
+        events: list[object] = []
+        while True:
+            more = watcher.read_events()
+            events += more
+            if not more and not watcher.more_pending:
+                break
+        stats = watcher.stats()
+    reference = datetime.fromtimestamp(1_741_000_000 - 1_741_000_000 % 3600, UTC)
+    detector = SshdDetector("aggressive")
+    want: list[object] = []
+    sshd_lines = 0
+    for line in data.decode("utf-8", "replace").split("\n")[:-1]:
+        record = parse_syslog_line(line, reference=reference)
+        if record is not None:
+            sshd_lines += 1
+            for detection in detector.feed(record.pid, record.message, record.wall_time):
+                event = failure_from(detection, "authlog") or detection_to_event(detection)
+                if event is not None:
+                    want.append(event)
+    assert events == want and len(want) > 10_000
+    assert stats["lines"] == 40_000 and stats["sshd_lines"] == sshd_lines
+    assert stats["other"] == 40_000 - sshd_lines and stats["undecodable"] == 40
+    assert stats["errors"] == 0 and stats["reads"] >= 2
 
 
 def test_resume_reads_each_line_once(log: Path) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import math
+import os
 import re
 import struct
 import subprocess
@@ -392,3 +393,51 @@ def test_replay_prints_counts_per_rule_and_the_bans(authlog: Path, tmp_path: Pat
     for rule, count in counts.items():
         assert re.search(rf"^\s+{count}\s+{rule}$", done.stdout, re.M), done.stdout
     assert re.search(r"^would ban \d+ time\(s\), \d+ source\(s\)$", done.stdout, re.M)
+
+
+def test_replay_reads_an_authlog_as_the_daemon_does(tmp_path: Path) -> None:
+    """Replay reads auth.log with the auth.log watcher's bulk parser: lines split on "\\n" only,
+    invalid UTF-8 replaced, every format the per-line parser knows. The reference here is that
+    per-line parser (parse_syslog_line + SshdDetector), line by line, on the same lines."""
+    from guardian.parsers.sshd import SshdDetector
+    from guardian.parsers.syslog_line import parse_syslog_line
+    from guardian.watchers.sshd_log import failure_from
+
+    stamp = "2025-03-01T00:00:{s:02d}.{f:06d}+00:00"
+    lines = []
+    for i in range(3000):
+        source = f"198.51.100.{i % 50}" if i % 9 else f"2001:db8::{i % 7:x}"
+        t = stamp.format(s=i % 60, f=i)
+        lines += [
+            f"{t} host sshd[{5000 + i}]: Invalid user u{i % 5} from {source} port {i}",
+            f"Mar  1 00:00:{i % 60:02d} host sshd[{5000 + i}]: Failed password for invalid user "
+            f"u{i % 5} from {source} port {i} ssh2",
+            f"<38>1 {t} host sshd {6000 + i} - - Failed password for root from {source} port 2",
+            f"Mar  1 00:01:{i % 60:02d} host sshd: Failed password for root from {source} port 3",
+            f"Mar  1 00:02:{i % 60:02d} host CRON[{i}]: pam_unix(cron:session): session opened",
+        ]
+    data = "\n".join(lines).encode() + b"\n\xff\xfe junk sshd\r\n" + lines[0].encode()
+    path = tmp_path / "auth.log"
+    path.write_bytes(data)  # no final newline: the last line counts too
+    mtime = datetime(2025, 3, 2, 12).timestamp()
+    os.utime(path, (mtime, mtime))
+
+    reference = datetime.fromtimestamp(mtime).astimezone()
+    detector = SshdDetector("normal")
+    want: Counter[str] = Counter()
+    failures = 0
+    text_lines = data.decode("utf-8", "replace").split("\n")
+    for line in text_lines:
+        record = parse_syslog_line(line, reference=reference)
+        if record is None:
+            continue
+        for detection in detector.feed(record.pid, record.message, record.wall_time):
+            failure = failure_from(detection, "authlog")
+            if failure is not None:
+                failures += 1
+                want[failure.rule] += failure.attempts
+
+    report = replay(path, Policy(maxretry=3), tmp_path)
+    assert report["units"] == len(text_lines) == len(lines) + 2
+    assert report["failures"] == failures > 9000
+    assert report["by_rule"] == dict(want)

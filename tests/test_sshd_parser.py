@@ -276,7 +276,15 @@ def test_traditional_clock_matches_its_definition(zone: str, reference_day: str)
             mon, day = _MONTH_NAMES[when.month - 1], str(when.day)
             for text in (f"{mon} {day:>2} {hms}", f"{mon} {day:0>2} {hms}", f"{mon} {day} {hms}"):
                 assert clock.stamp(text) == _traditional_seconds(mon, day, hms, reference), text
+            _assert_minute_is_linear(clock, f"{mon} {day:>2} {hms[:5]}", rng)
             checked += 1
+    # The minutes around the reference plus a day, where a stamp becomes last year's.
+    limit = datetime.fromtimestamp(reference.timestamp() + 86400, tz)
+    for minutes in range(-3, 4):
+        when = limit + timedelta(minutes=minutes)
+        mon, day = _MONTH_NAMES[when.month - 1], str(when.day)
+        _assert_minute_is_linear(clock, f"{mon} {day:>2} {when.hour:02d}:{when.minute:02d}", rng)
+    assert clock.minute(f"{_MONTH_NAMES[limit.month - 1]} {limit.day:>2} {limit:%H:%M}") is None
     for mon, day, hms in (("Feb", "29", "12:00:00"), ("Feb", "30", "00:00:00"),
                           ("Apr", "31", "00:00:00"), ("Dec", "31", "23:59:59"),
                           ("Jan", "1", "24:00:00"), ("Jan", "1", "00:60:00"),
@@ -287,6 +295,16 @@ def test_traditional_clock_matches_its_definition(zone: str, reference_day: str)
             mon, day, hms, reference
         )
     assert checked > 26_000
+
+
+def _assert_minute_is_linear(clock: TraditionalClock, minute: str, rng: random.Random) -> None:
+    """TraditionalClock.minute's promise: when it gives a start, each second of the minute is
+    stamp()ed as that start plus the second."""
+    start = clock.minute(minute)
+    if start is None:
+        return
+    for second in (0, 1, 58, 59, rng.randrange(60)):
+        assert clock.stamp(f"{minute}:{second:02d}") == start + second, minute
 
 
 def test_traditional_clock_is_memoised_per_zone() -> None:

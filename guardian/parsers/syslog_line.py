@@ -218,6 +218,20 @@ class TraditionalClock:
             seconds = start + offset
         return seconds
 
+    def minute(self, text: str) -> float | None:
+        """The first second of the minute "Mon DD HH:MM" when stamp() of each of its seconds
+        "Mon DD HH:MM:SS" (SS 00-59) is exactly that plus SS, else None: for callers that place
+        many stamps, one lookup per minute. True when the hour is linear and the whole minute
+        lies in the reference's year (not more than a day ahead of the reference)."""
+        hour = self._hours.get(text[:-3])  # "Mon DD HH"
+        if hour is None:
+            hour = self._hour(text[:-3])
+        start, minutes = hour[0], _MINUTES.get(text[-2:])
+        if start is None or minutes is None:
+            return None
+        start += minutes
+        return start if start + 59 <= self._limit else None
+
     def _hour(self, text: str) -> tuple[float | None, float | None]:
         month = _MONTHS.get(text[:3])
         day, _, hour = text[3:].lstrip(" ").partition(" ")
@@ -253,6 +267,7 @@ class TraditionalClock:
 
 
 _MINUTE_SECOND = {f"{m:02d}:{s:02d}": m * 60 + s for m in range(60) for s in range(60)}
+_MINUTES = {f"{m:02d}": m * 60 for m in range(60)}
 _clocks: dict[tuple[datetime, tzinfo | None, int], TraditionalClock] = {}
 
 
