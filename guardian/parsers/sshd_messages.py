@@ -409,10 +409,24 @@ def _disconnecting_colon(rest: str, aggressive: bool, preauth: bool) -> SshdMess
     )
 
 
+# The ": " that ends a connection id "... HOST port N". Not simply the first ": ": an IPv6 source
+# ending in "::" (2001:db8:1:2::, any address an attacker picks in its /64) followed by " port N"
+# holds one, and splitting there dropped the line, so such sources were never counted. A user
+# name cannot hold ':' and an address cannot hold " port", so the first " port N: " is the end.
+_CID_END = re.compile(r" port \d+: ")
+
+
+def _split_cid(text: str) -> tuple[str, str, str]:
+    """Like text.partition(": "), at the end of the connection id (see _CID_END)."""
+    found = _CID_END.search(text)
+    if found is None:
+        return text.partition(": ")  # the old formats without a port: HOST is followed by ": "
+    return text[: found.end() - 2], ": ", text[found.end() :]
+
+
 def _disconnecting(rest: str, aggressive: bool, preauth: bool) -> SshdMessage | None:
-    # ssh_packet_disconnect: "Disconnecting CID: REASON" (the user cannot hold ':', so the first
-    # ": " ends the connection id; IPv6 addresses never contain ": ").
-    cid_text, sep, reason = rest.partition(": ")
+    # ssh_packet_disconnect: "Disconnecting CID: REASON".
+    cid_text, sep, reason = _split_cid(rest)
     cid = _cid(cid_text) if sep else None
     if cid is None:
         return None
@@ -555,7 +569,7 @@ _CONNECTION_FROM = re.compile(
 
 
 def _connection_from(text: str, preauth: bool) -> SshdMessage | None:
-    cid_text, sep, _error = text.partition(": ")
+    cid_text, sep, _error = _split_cid(text)
     if sep:  # sshpkt_fatal without a tag: "Connection from CID: ERROR"
         cid = _cid(cid_text)
         if cid is None:
@@ -655,7 +669,7 @@ def _tagged_connection_error(
 ) -> SshdMessage | None:
     if not rest.startswith(prefix):
         return None
-    cid_text, sep, error = rest[len(prefix) :].partition(": ")
+    cid_text, sep, error = _split_cid(rest[len(prefix) :])
     cid = _cid(cid_text) if sep else None
     if cid is None:
         return None
@@ -690,7 +704,7 @@ _NEGOTIATE_HOSTLESS = re.compile(r"to negotiate an? [\w ]+")
 
 def _unable(rest: str, aggressive: bool, preauth: bool) -> SshdMessage | None:
     if rest.startswith("to negotiate with "):
-        cid_text, sep, _error = rest[len("to negotiate with ") :].partition(": ")
+        cid_text, sep, _error = _split_cid(rest[len("to negotiate with ") :])
         cid = _cid(cid_text) if sep else None
         if cid is None:
             return None
