@@ -1,8 +1,9 @@
-# Where the soak's slow RSS growth goes, and that it stops: the engine fed sshd failures (each
+# Where the soak's slow RSS growth went: the engine fed sshd failures at the soak's rate (each
 # attempt reported by the journal, btmp and auth.log, one sshd PID per attempt, from 1,000
-# sources cycling), traced with tracemalloc every 6,000 attempts. The join table (one entry per
-# sshd connection, capped at MAX_FAILURE_JOINS) fills first; once it is full the traced memory
-# is flat. In-process, pure, no root.
+# sources cycling), traced with tracemalloc every 6,000 attempts. The join table keeps one entry
+# per sshd connection; before join keys expired with findtime it grew to its cap
+# (MAX_FAILURE_JOINS) and the traced memory flattened only there (11.06 MiB); now it holds only
+# the last findtime's connections. In-process, pure, no root.
 #
 #   .venv/bin/python bench/engine_memory.py --json bench/results/engine_memory.json
 from __future__ import annotations

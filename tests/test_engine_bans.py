@@ -791,3 +791,21 @@ BanMachine.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )
 test_ban_machine = BanMachine.TestCase
+
+
+def test_join_keys_older_than_findtime_are_forgotten_and_recent_ones_still_join() -> None:
+    """The soak saw the join table grow by one key per sshd connection until its cap. Keys whose
+    attempts are older than findtime (+ the join window) can only be joined by stale reports,
+    so they are dropped as time passes; a recent attempt reported again still joins."""
+    e = engine(maxretry=1000, findtime=600.0)
+    for n in range(50):  # fifty connections, one attempt each, a second apart
+        e.feed(failed(ATTACKER, "journal", pid=n, at=1000.0 + n), 1000.0 + n)
+    assert e.snapshot(1050.0).counters["failure_joins_expired"] == 0
+    # Much later: another attempt; every old key is past findtime and goes.
+    e.feed(failed(ATTACKER, "journal", pid=999, at=2000.0), 2000.0)
+    assert e.snapshot(2000.0).counters["failure_joins_expired"] == 50
+    # btmp's report of that recent attempt joins it: counted once.
+    e.feed(failed(ATTACKER, "btmp", pid=999, at=2000.5), 2000.5)
+    counters = e.snapshot(2001.0).counters
+    assert counters["failures_joined"] == 1
+    assert counters["failures_counted"] == 51

@@ -136,6 +136,7 @@ COUNTER_NAMES: tuple[str, ...] = (
     "failures_ignored",  # distinct attempts while [ban] enabled = false
     "failure_sources_evicted",  # failure windows dropped to keep them under the cap (LRU)
     "failure_joins_evicted",  # join keys (source, sshd PID) dropped under the cap (LRU)
+    "failure_joins_expired",  # join keys older than findtime dropped (nothing could join them)
     "knocks_banned",  # knocks from banned sources, ignored
     "bans",  # bans earned by failures
     "bans_narrowed",  # of those: one address instead of its IPv6 prefix (trusted/session there)
