@@ -33,7 +33,6 @@ import random
 import statistics
 import sys
 import time
-from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -163,7 +162,7 @@ def in_process(count: int, repeats: int, seed: int) -> dict[str, object]:
     for kind, stanza_count in cases:
         payloads = garbage(kind, count, rng, valid)
         config = Config(guard=Guard(ports=(22,)), spa=Spa(stanzas=stanzas(key, stanza_count, rng)))
-        gate = SpaGate(config.spa, (22,), Counter())
+        gate = SpaGate(config.spa, (22,))
         engine = Engine(config)
         wall = time.time()
 

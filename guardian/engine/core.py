@@ -230,7 +230,7 @@ class Engine:
             max_offences=max_offences,
         )
         self._everyone = EveryoneWindow(self._counters)
-        self._spa = SpaGate(config.spa, config.guard.ports, self._counters)
+        self._spa = SpaGate(config.spa, config.guard.ports)
         self._last_now: float | None = None
         self._wall_offset = 0.0  # wall - now at the last call that gave the wall clock
 

@@ -34,7 +34,6 @@ from dataclasses import dataclass
 from guardian.addresses import IPAddress, in_any, normalize
 from guardian.config import (
     MAX_SPA_REPLAYS,
-    SPA_NO_HMAC,
     SPA_REPLAY_MARGIN,
     Spa,
     SpaStanza,
@@ -97,9 +96,8 @@ Replay = tuple[bytes, float] | None  # (canonical digest, wall-clock expiry) of 
 
 
 def spa_key(stanza: SpaStanza) -> SpaKey:
-    """The decoder's key material for a stanza."""
-    hmac = "none" if stanza.hmac == SPA_NO_HMAC else stanza.hmac
-    return SpaKey(stanza.key, stanza.hmac_key, hmac, stanza.legacy)
+    """The decoder's key material for a stanza (the config's "none" is the decoder's too)."""
+    return SpaKey(stanza.key, stanza.hmac_key, stanza.hmac, stanza.legacy)
 
 
 class ReplayCache:
@@ -146,16 +144,12 @@ class SpaGate:
         self,
         spa: Spa,
         guarded_ports: Iterable[int],
-        counters: Counter[str],
         *,
         max_replays: int = MAX_SPA_REPLAYS,
     ) -> None:
-        self.spa = spa
-        self.guarded = frozenset(guarded_ports)
         self.replays = ReplayCache(max_replays)
-        self.refusals: Counter[str] = Counter()
-        self._counters = counters
-        self._keys = {stanza.name: spa_key(stanza) for stanza in spa.stanzas}
+        self.refusals: Counter[str] = Counter()  # refusals per reason (the snapshot's)
+        self.reconfigure(spa, guarded_ports)
 
     def reconfigure(self, spa: Spa, guarded_ports: Iterable[int]) -> None:
         """New stanzas and ports; the replay cache stays (a reload never makes old packets new)."""
