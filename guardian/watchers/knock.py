@@ -161,15 +161,18 @@ class KnockWatcher:
         if self._interfaces and interface not in self._interfaces:
             counts["ignored_interface"] += 1
             return None
-        if self._spa:
-            datagram = parse_datagram(packet)
-            if datagram is not None and datagram[1] in self._spa:
-                counts["spa"] += 1
-                return SpaSeen(datagram[0], datagram[1], datagram[2], interface)
         event = parse_knock(packet, interface)
         if event is None:
             counts["malformed"] += 1
             return None
+        if event.proto == "udp" and event.port in self._spa:
+            # Only SPA datagrams are parsed a second time, for their payload: knocks stay one parse.
+            datagram = parse_datagram(packet)
+            if datagram is None:  # cannot be: parse_knock accepted the same UDP packet
+                counts["malformed"] += 1
+                return None
+            counts["spa"] += 1
+            return SpaSeen(datagram[0], datagram[1], datagram[2], interface)
         if event.port not in (self._tcp if event.proto == "tcp" else self._udp):
             counts["ignored_port"] += 1
             return None
