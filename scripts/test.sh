@@ -50,6 +50,7 @@ while [ "$dir" != "/" ]; do
 done
 
 printf '\n== pytest\n'
+rm -f "$ARTIFACTS/junit.xml"
 "$BIN/pytest" -ra --junitxml="$ARTIFACTS/junit.xml" "$@" 2>&1 | tee "$ARTIFACTS/pytest.log"
 rc=${PIPESTATUS[0]}
 summary="$(grep -E '^=+ .*( in [0-9.]+s).* =+$' "$ARTIFACTS/pytest.log" | tail -n 1)"
@@ -63,6 +64,22 @@ printf '\n== summary\n'
 printf 'pytest: %s\n' "${summary:-no summary line (exit $rc)}"
 if ((${#failed[@]})); then
   printf 'FAILED: %s\n' "${failed[*]}"
+else
+  echo "all checks passed"
+fi
+# The last line is the plain count CI reads ("N passed, N failed, N skipped"), taken from the
+# JUnit XML so errors count as failures; a failed lint step with green tests still exits 1.
+"$BIN/python" - "$ARTIFACTS/junit.xml" <<'PY' || echo "tests: 0 passed, 1 failed"
+import sys
+import xml.etree.ElementTree as ET
+
+root = ET.parse(sys.argv[1]).getroot()
+suites = [root] if root.tag == "testsuite" else list(root.iter("testsuite"))
+total = sum(int(s.get("tests", 0)) for s in suites)
+failed = sum(int(s.get("failures", 0)) + int(s.get("errors", 0)) for s in suites)
+skipped = sum(int(s.get("skipped", 0)) for s in suites)
+print(f"tests: {total - failed - skipped} passed, {failed} failed, {skipped} skipped")
+PY
+if ((${#failed[@]})); then
   exit 1
 fi
-echo "all checks passed"
