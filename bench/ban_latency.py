@@ -57,7 +57,7 @@ from guardian.lab.guardian_proc import GuardianHandle, start_guardian
 from guardian.lab.journald import ensure_journald
 from guardian.lab.netns import Lab, LabError
 from guardian.lab.rsyslog import RsyslogHandle, check_forwarding, ensure_rsyslog
-from guardian.lab.sshd import SshdHandle, prepare_var_log, start_sshd
+from guardian.lab.sshd import SshdHandle, password_attempt_argv, prepare_var_log, start_sshd
 from guardian.parsers.utmp import parse_utmp
 
 VARIANTS = (
@@ -194,33 +194,7 @@ class Env:
 
 
 def attempt_argv(env: Env, src: str) -> list[str]:
-    return [
-        "sshpass",
-        "-e",
-        "ssh",
-        "-F",
-        "/dev/null",
-        "-b",
-        src,
-        "-o",
-        "StrictHostKeyChecking=no",
-        "-o",
-        "UserKnownHostsFile=/dev/null",
-        "-o",
-        "PreferredAuthentications=password",
-        "-o",
-        "PubkeyAuthentication=no",
-        "-o",
-        "NumberOfPasswordPrompts=1",
-        "-o",
-        "ConnectTimeout=3",
-        "-o",
-        "LogLevel=ERROR",
-        "-l",
-        "root",
-        env.lab.addr("server"),
-        "true",
-    ]
+    return password_attempt_argv(env.lab.addr("server"), "root", port=env.sshd.port, source=src)
 
 
 def descendants(root: int) -> list[int]:

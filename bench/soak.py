@@ -48,6 +48,7 @@ import base64
 import contextlib
 import grp
 import json
+import math
 import os
 import random
 import shlex
@@ -69,6 +70,7 @@ if str(REPO) not in sys.path:  # run as a script: make `guardian` importable fro
     sys.path.insert(0, str(REPO))
 
 from guardian.control_client import ControlClientError, request  # noqa: E402
+from guardian.lab.sshd import password_attempt_argv  # noqa: E402
 
 PREFIX = "gsok"
 SSH_PORT = 22  # guarded: knock or SPA first
@@ -363,35 +365,7 @@ class _BruteState:
 
 
 def _brute_attempt(src: str, target: str, user: str) -> int | None:
-    argv = [
-        "sshpass",
-        "-e",
-        "ssh",
-        "-F",
-        "/dev/null",
-        "-b",
-        src,
-        "-o",
-        "StrictHostKeyChecking=no",
-        "-o",
-        "UserKnownHostsFile=/dev/null",
-        "-o",
-        "PreferredAuthentications=password",
-        "-o",
-        "PubkeyAuthentication=no",
-        "-o",
-        "NumberOfPasswordPrompts=1",
-        "-o",
-        "ConnectTimeout=3",
-        "-o",
-        "LogLevel=ERROR",
-        "-p",
-        str(OPEN_PORT),
-        "-l",
-        user,
-        target,
-        "true",
-    ]
+    argv = password_attempt_argv(target, user, port=OPEN_PORT, source=src)
     env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")}
     env["SSHPASS"] = WRONG_PASSWORD
     try:
@@ -899,6 +873,20 @@ def _operator_unban(lab: Any, socket_path: Path, pool: set[str]) -> int:
     return done
 
 
+def _trace_daemon(directory: Path) -> None:
+    """Make start_guardian run the daemon under bench/trace_daemon.py (allocation dumps)."""
+    from guardian.lab import guardian_proc
+
+    directory.mkdir(parents=True, exist_ok=True)
+    os.environ["GUARDIAN_TRACE_DIR"] = str(directory.resolve())
+    wrapper = str(HERE / "trace_daemon.py")
+
+    def traced_argv(config_path: Path, extra_args: Sequence[str] = ()) -> list[str]:
+        return [sys.executable, wrapper, "run", "-c", str(config_path), *extra_args]
+
+    guardian_proc.guardian_argv = traced_argv
+
+
 def run(args: argparse.Namespace) -> int:
     import psutil  # noqa: F401 - fail before building anything when it is missing
 
@@ -949,6 +937,8 @@ def run(args: argparse.Namespace) -> int:
         hmac = _secret(lab.workdir / "alice.hmac", HMAC_B64)
         config = CONFIG.format(ssh_port=SSH_PORT, spa_port=SPA_PORT, key=key, hmac=hmac)
         state_path = lab.workdir / "state-server.db"
+        if args.trace:
+            _trace_daemon(Path(args.trace))
         handle = start_guardian(lab, config, ready_timeout=30.0)
         print(f"lab {lab.name}: guardian pid {handle.pid}, load for {minutes:g} min", flush=True)
         t0 = time.monotonic()
@@ -1004,6 +994,7 @@ def run(args: argparse.Namespace) -> int:
         next_journal = t0 + JOURNAL_ROTATE_EVERY / 2
         next_operator = t0 + OPERATOR_EVERY
         last_report = t0
+        next_trace = t0 + args.trace_every if args.trace else math.inf
         pool = set(ATTACK_EXTRAS)
         while True:
             now = time.monotonic()
@@ -1042,6 +1033,9 @@ def run(args: argparse.Namespace) -> int:
                 )
                 rotations["journal" if done.returncode == 0 else "journal_errors"] += 1
                 next_journal = now + JOURNAL_ROTATE_EVERY
+            if now >= next_trace:
+                os.kill(handle.pid, signal.SIGUSR2)  # trace_daemon.py dumps its allocations
+                next_trace = now + args.trace_every
             if now >= next_operator:
                 unbans += _operator_unban(lab, handle.socket_path, pool)
                 next_operator = now + OPERATOR_EVERY
@@ -1168,6 +1162,13 @@ def main(argv: Sequence[str]) -> int:
     ap.add_argument("--sample", type=float, default=5.0, help="seconds between samples")
     ap.add_argument("--drain", type=float, default=30.0, help="seconds sampled after the load")
     ap.add_argument("--knock-rate", type=float, default=2.0, help="knock sequences per second")
+    ap.add_argument(
+        "--trace",
+        default="",
+        help="run the daemon under bench/trace_daemon.py and dump its allocations into this "
+        "directory every --trace-every seconds (for bench/trace_compare.py)",
+    )
+    ap.add_argument("--trace-every", type=float, default=120.0)
     ap.add_argument("--json", default=str(HERE / "results" / "soak.json"))
     ap.add_argument("--svg", default=str(HERE / "results" / "soak.svg"))
     ap.add_argument("--rsyslog", action="store_true", help="the lab rsyslog writes auth.log")

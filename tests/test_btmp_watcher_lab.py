@@ -32,7 +32,7 @@ from guardian.events import AuthFailed
 from guardian.lab import Lab, SshdHandle, cleanup_stale, start_sshd
 from guardian.lab.journald import ensure_journald
 from guardian.lab.rsyslog import RsyslogHandle, check_forwarding, ensure_rsyslog
-from guardian.lab.sshd import prepare_var_log
+from guardian.lab.sshd import password_attempt_argv, prepare_var_log
 from guardian.watchers.authlog import AuthLogWatcher
 from guardian.watchers.btmp import BtmpWatcher
 from tests.conftest import require_root, save_artifacts
@@ -88,33 +88,7 @@ def attack_lab(request: pytest.FixtureRequest) -> Iterator[AttackLab]:
 
 
 def attempt_argv(lab: Lab, sshd: SshdHandle, user: str) -> list[str]:
-    return [
-        "sshpass",
-        "-e",  # the password from $SSHPASS, not the command line
-        "ssh",
-        "-F",
-        "/dev/null",
-        "-o",
-        "StrictHostKeyChecking=no",
-        "-o",
-        "UserKnownHostsFile=/dev/null",
-        "-o",
-        "PreferredAuthentications=password",
-        "-o",
-        "PubkeyAuthentication=no",
-        "-o",
-        "NumberOfPasswordPrompts=1",
-        "-o",
-        "ConnectTimeout=3",
-        "-o",
-        "LogLevel=ERROR",
-        "-p",
-        str(sshd.port),
-        "-l",
-        user,
-        lab.addr("server"),
-        "true",
-    ]
+    return password_attempt_argv(lab.addr("server"), user, port=sshd.port)
 
 
 class Attack(threading.Thread):

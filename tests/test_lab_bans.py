@@ -75,7 +75,7 @@ from guardian.lab.journald import ensure_journald
 from guardian.lab.netns import LabError
 from guardian.lab.nft import set_elements
 from guardian.lab.rsyslog import RsyslogHandle, check_forwarding, ensure_rsyslog
-from guardian.lab.sshd import prepare_var_log
+from guardian.lab.sshd import password_attempt_argv, prepare_var_log
 from tests.conftest import require_root, save_artifacts
 from tests.test_replay import (
     NORMAL_RULES,
@@ -294,35 +294,7 @@ def end_connections(env: BanLab) -> None:
 def ssh_password(env: BanLab, src: str, user: str, host: str = "attacker") -> int | None:
     """One connection, one wrong password (sshpass), from address `src`. The exit status, or
     None when it did not finish in time (a ban dropped the connection under it)."""
-    argv = [
-        "sshpass",
-        "-e",
-        "ssh",
-        "-F",
-        "/dev/null",
-        "-b",
-        src,
-        "-o",
-        "StrictHostKeyChecking=no",
-        "-o",
-        "UserKnownHostsFile=/dev/null",
-        "-o",
-        "PreferredAuthentications=password",
-        "-o",
-        "PubkeyAuthentication=no",
-        "-o",
-        "NumberOfPasswordPrompts=1",
-        "-o",
-        "ConnectTimeout=3",
-        "-o",
-        "LogLevel=ERROR",
-        "-p",
-        str(env.sshd.port),
-        "-l",
-        user,
-        env.server,
-        "true",
-    ]
+    argv = password_attempt_argv(env.server, user, port=env.sshd.port, source=src)
     run_env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")}
     run_env["SSHPASS"] = WRONG_PASSWORD
     try:

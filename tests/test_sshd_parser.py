@@ -185,6 +185,49 @@ def test_state_is_bounded_by_age() -> None:
     assert [d.kind for d in out] == ["failure"]
 
 
+def _session_lines(pid: int, pam: bool) -> list[str]:
+    src, port = f"192.0.2.{pid % 250 + 1}", 40000 + pid % 20000
+    lines = [
+        f"Accepted publickey for alice from {src} port {port} ssh2: ED25519 SHA256:x",
+        f"Received disconnect from {src} port {port}:11: disconnected by user",
+        f"Disconnected from user alice {src} port {port}",
+    ]
+    if pam:
+        lines.append("pam_unix(sshd:session): session closed for user alice")
+    return lines
+
+
+@pytest.mark.parametrize("pam", [False, True], ids=["without-pam", "with-pam"])
+def test_ended_sessions_leave_nothing_behind(pam: bool) -> None:
+    # Without PAM no "session closed" line ever comes: ended sessions used to stay until 4,096
+    # newer ones pushed them out (the soak's slow memory growth). Now a short ring holds them.
+    detector = SshdDetector()
+    for pid in range(10_000):
+        for line in _session_lines(pid, pam):
+            detector.feed(pid, line, 1000.0 + pid)
+    assert detector.sessions_held <= 256
+    assert detector.tracked == 0
+
+
+def test_pam_close_after_disconnect_still_names_the_source() -> None:
+    detector = SshdDetector()
+    closes: list[Detection] = []
+    for pid in (101, 102):  # interleaved: 102's lines come between 101's disconnect and close
+        detector.feed(pid, _session_lines(pid, True)[0], 1000.0)
+    for line in _session_lines(101, True)[1:3]:
+        closes += detector.feed(101, line, 1001.0)
+    for line in _session_lines(102, True)[1:]:
+        closes += detector.feed(102, line, 1002.0)
+    closes += detector.feed(101, _session_lines(101, True)[3], 1003.0)
+    assert [d.kind for d in closes] == ["session_closed"] * 6
+    pam_closes = [d for d in closes if d.rule == "pam_session_closed"]
+    assert [(d.pid, str(d.source), d.user) for d in pam_closes] == [
+        (102, "192.0.2.103", "alice"),
+        (101, "192.0.2.102", "alice"),
+    ]
+    assert detector.sessions_held == 0
+
+
 def test_held_attempts_and_users_are_bounded() -> None:
     detector = SshdDetector()
     for i in range(1000):

@@ -158,14 +158,25 @@ class BanView:
 # One attempt counts once
 
 
+_ORIGIN_BITS: dict[str, int] = {}  # origin name -> its bit in _Slot.origins
+
+
+def _origin_bit(origin: str) -> int:
+    bit = _ORIGIN_BITS.get(origin)
+    if bit is None:  # a handful of origins exist (journal, btmp, authlog, ...): never many
+        bit = _ORIGIN_BITS[origin] = 1 << len(_ORIGIN_BITS)
+    return bit
+
+
 class _Slot:
-    """One attempt of one sshd connection: when it happened, and who reported it."""
+    """One attempt of one sshd connection: when it happened, and who reported it (a bit per
+    origin: a set here cost ~200 bytes per attempt held)."""
 
     __slots__ = ("at", "origins")
 
-    def __init__(self, at: float, origin: str) -> None:
+    def __init__(self, at: float, origin_bit: int) -> None:
         self.at = at
-        self.origins = {origin}
+        self.origins = origin_bit
 
 
 JoinKey = tuple[IPAddress, int | str]
@@ -210,13 +221,14 @@ class AttemptJoiner:
         else:
             self._slots.move_to_end(key)
         new = 0
+        bit = _origin_bit(event.origin)
         for _ in range(count):
             for slot in slots:
-                if event.origin not in slot.origins and abs(slot.at - at) <= self.window:
-                    slot.origins.add(event.origin)
+                if not slot.origins & bit and abs(slot.at - at) <= self.window:
+                    slot.origins |= bit
                     break
             else:
-                slots.append(_Slot(at, event.origin))
+                slots.append(_Slot(at, bit))
                 new += 1
         del slots[:-MAX_SLOTS]
         return new

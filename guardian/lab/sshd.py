@@ -215,6 +215,44 @@ def start_sshd(
     raise LabError(f"sshd in {host} did not listen on port {port} within {timeout}s")
 
 
+def password_attempt_argv(
+    target_addr: str, user: str, *, port: int = 22, source: str | None = None
+) -> list[str]:
+    """A password login that fails: ssh under sshpass, the password taken from $SSHPASS (never
+    the command line), one prompt, no keys. `source` binds the client to that address (-b), for
+    attackers with several addresses. The caller sets SSHPASS to a wrong password."""
+    bind = ("-b", source) if source else ()
+    return [
+        "sshpass",
+        "-e",
+        "ssh",
+        "-F",
+        "/dev/null",
+        *bind,
+        "-o",
+        "StrictHostKeyChecking=no",
+        "-o",
+        "UserKnownHostsFile=/dev/null",
+        "-o",
+        "PreferredAuthentications=password",
+        "-o",
+        "PubkeyAuthentication=no",
+        "-o",
+        "NumberOfPasswordPrompts=1",
+        "-o",
+        "ConnectTimeout=3",
+        "-o",
+        "LogLevel=ERROR",
+        "-p",
+        str(port),
+        "-l",
+        user,
+        "--",
+        target_addr,
+        "true",
+    ]
+
+
 def ssh_argv(
     handle: SshdHandle,
     target_addr: str,

@@ -142,7 +142,13 @@ _CONNECTION_RULES = {
     "reset": "connection_reset",
 }
 
-_MEMO_LIMIT = 4096  # entries per memo
+# Memos are bounded by emptying them when full. The message memo pays off for messages that
+# repeat verbatim (no port in them); most sshd messages carry a client port and never repeat, so
+# a large memo only filled with them (the soak saw it grow for half an hour): 1,024 holds every
+# repeating message of a brute force. Log time moves forward, so a few hundred seconds and
+# minutes cover all the lines that can still share one.
+_MEMO_LIMIT = 1024  # messages per memo
+_TIME_MEMO_LIMIT = 256  # seconds (and minutes) per timestamp memo
 _MEMO_TEXT = 256  # longest message memoised
 _memos: dict[str, dict[str, SshdMessage | None]] = {"normal": {}, "aggressive": {}}
 
@@ -213,7 +219,7 @@ class _Stamps:
         else:
             raise _NotFast
         memo = self.memo
-        if len(memo) >= _MEMO_LIMIT:
+        if len(memo) >= _TIME_MEMO_LIMIT:
             memo.clear()
         memo[second] = seconds
         return seconds
@@ -228,7 +234,7 @@ class _Stamps:
                 raise _NotFast
             clock = self._clock
             start = clock.minute(minute) if clock is not None else None
-            if len(minutes) >= _MEMO_LIMIT:
+            if len(minutes) >= _TIME_MEMO_LIMIT:
                 minutes.clear()
             minutes[minute] = start
         offset = _SECONDS.get(second[13:])

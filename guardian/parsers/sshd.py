@@ -45,6 +45,10 @@ DetectionKind: TypeAlias = Literal["failure", "success", "session_closed"]
 _MAX_USERS = 8
 _MAX_HELD = 32
 _MAX_PENDING = 32
+# Sessions whose sshd said "Disconnected"/"Received disconnect", kept for PAM's "session closed"
+# line that follows (it names no address). The two are consecutive lines of one process, so a
+# short ring suffices; without PAM nothing follows and the ring forgets them.
+_MAX_ENDED = 256
 _PAM_HELD = "pam_unix_auth_failure"
 _PAM_SESSION_CLOSED = "pam_session_closed"
 _PASSWORD_RULES = frozenset({"failed_password", "failed_keyboard_interactive"})
@@ -106,8 +110,8 @@ class SshdDetector:
     """Feed sshd messages per PID; get failures, successes and session ends back."""
 
     __slots__ = (
-        "_connections", "_latest", "_next_expiry", "_sessions", "max_age", "max_connections",
-        "max_sessions", "mode",
+        "_connections", "_ended", "_latest", "_next_expiry", "_sessions", "max_age",
+        "max_connections", "max_sessions", "mode",
     )  # fmt: skip
 
     def __init__(
@@ -126,11 +130,17 @@ class SshdDetector:
         self._latest: float | None = None  # the latest wall time fed
         self._next_expiry = float("-inf")  # log time of the next age check (at most once a second)
         self._sessions: OrderedDict[int, _Session] = OrderedDict()
+        self._ended: OrderedDict[int, _Session] = OrderedDict()  # see _MAX_ENDED
 
     @property
     def tracked(self) -> int:
         """How many PIDs' pre-authentication state is held (for tests and status)."""
         return len(self._connections)
+
+    @property
+    def sessions_held(self) -> int:
+        """How many authenticated sessions' details are held (open ones, and the _ended ring)."""
+        return len(self._sessions) + len(self._ended)
 
     def feed(
         self, pid: int | None, message: str, wall_time: float | None = None
@@ -184,13 +194,22 @@ class SshdDetector:
                 self._next_expiry = wall_time + 1.0
         if kind == "session_closed":
             # With PAM, "session closed" is the session's last line (after "Received
-            # disconnect" and "Disconnected from user"); without it the entry stays until newer
-            # sessions push it out.
+            # disconnect" and "Disconnected from user"); without PAM those two are. The first
+            # close line moves the session to the short _ended ring, where the later ones find
+            # it: a sshd without PAM leaves nothing behind per session (it used to leave its
+            # entry until 4,096 newer sessions pushed it out).
             self._connections.pop(pid, None)
+            session = self._sessions.pop(pid, None)
             if rule == _PAM_SESSION_CLOSED:
-                session = self._sessions.pop(pid, None)
+                if session is None:
+                    session = self._ended.pop(pid, None)
+            elif session is not None:
+                ring = self._ended
+                ring[pid] = session
+                if len(ring) > _MAX_ENDED:
+                    ring.popitem(last=False)
             else:
-                session = self._sessions.get(pid)
+                session = self._ended.get(pid)
             if session is not None:
                 if source is None and host_name is None:
                     source, host_name, port = session[0], session[1], session[2]

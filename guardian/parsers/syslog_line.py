@@ -131,8 +131,9 @@ def _rfc5424(line: str) -> SyslogRecord | None:
 
 
 # Timestamps repeat: thousands of lines share each second. Conversions are memoised per second
-# (a bounded dict, emptied when full); the fraction is added back.
-_CACHE_LIMIT = 4096
+# (a bounded dict, emptied when full); the fraction is added back. Log time moves forward, so a
+# few hundred recent seconds (or hours) are all a memo needs; a larger one only grows.
+_CACHE_LIMIT = 256
 _rfc3339_cache: dict[tuple[str, str | None], float | None] = {}
 
 

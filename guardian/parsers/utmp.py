@@ -33,7 +33,10 @@ INIT_PROCESS, LOGIN_PROCESS, USER_PROCESS, DEAD_PROCESS, ACCOUNTING = 5, 6, 7, 8
 
 _ZERO12 = bytes(12)
 _ZERO16 = bytes(16)
-_MEMO_LIMIT = 65536
+# Per memo: the user, line and host fields of recent attempts. Each host entry holds its 272 raw
+# bytes as the key, so 65,536 (as before) let an attacker with many sources or user names grow
+# the daemon by tens of MB before the memo emptied; 8,192 keeps a big brute force's sources.
+_MEMO_LIMIT = 8192
 
 
 class UtmpRecord(NamedTuple):

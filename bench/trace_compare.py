@@ -1,0 +1,50 @@
+# Compare two dumps of bench/trace_daemon.py: where Python memory grew (tracemalloc, grouped by
+# traceback) and how the C heap and the process's anonymous memory moved between them.
+#
+#   .venv/bin/python bench/trace_compare.py DIR [FIRST LAST] [--top 15]
+from __future__ import annotations
+
+import argparse
+import json
+import tracemalloc
+from pathlib import Path
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("dir", type=Path)
+    parser.add_argument("first", type=int, nargs="?", default=1)
+    parser.add_argument("last", type=int, nargs="?")
+    parser.add_argument("--top", type=int, default=15)
+    args = parser.parse_args()
+    taken = sorted(int(p.stem.split("-")[1]) for p in args.dir.glob("native-*.json"))
+    last = args.last or taken[-1]
+    a = json.loads((args.dir / f"native-{args.first}.json").read_text())
+    b = json.loads((args.dir / f"native-{last}.json").read_text())
+    minutes = (b["wall"] - a["wall"]) / 60
+    print(f"dumps {args.first} -> {last}: {minutes:.1f} min apart")
+    for key in ("malloc_in_use", "malloc_arena", "tracemalloc_traced"):
+        print(
+            f"  {key:20} {a[key] / 1024:10.0f} -> {b[key] / 1024:10.0f} KiB"
+            f"  ({(b[key] - a[key]) / 1024:+.0f})"
+        )
+    for key in ("Anonymous", "Rss", "Private_Dirty"):
+        va, vb = a["smaps_kib"].get(key, 0), b["smaps_kib"].get(key, 0)
+        print(f"  smaps {key:14} {va:10} -> {vb:10} KiB  ({vb - va:+})")
+    first = tracemalloc.Snapshot.load(str(args.dir / f"snapshot-{args.first}.pickle"))
+    second = tracemalloc.Snapshot.load(str(args.dir / f"snapshot-{last}.pickle"))
+    ignore = [tracemalloc.Filter(False, tracemalloc.__file__)]
+    first, second = first.filter_traces(ignore), second.filter_traces(ignore)
+    print(f"\nlargest Python growth by traceback (top {args.top}):")
+    for stat in second.compare_to(first, "traceback")[: args.top]:
+        print(
+            f"\n{stat.size_diff / 1024:+.1f} KiB in {stat.count_diff:+} blocks "
+            f"(now {stat.size / 1024:.1f} KiB)"
+        )
+        for line in stat.traceback.format()[-8:]:
+            print("   ", line)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
