@@ -87,6 +87,7 @@ def main() -> int:
     ap.add_argument("--pause", type=float, default=0.2, help="seconds between trials")
     args = ap.parse_args()
     latencies: list[float] = []
+    sent_wall: list[float] = []  # time.time() at each sendto: to line up with a daemon trace
     failures = 0
     family = socket.AF_INET6 if ":" in args.server else socket.AF_INET
     if try_connect(args.server, args.port, 0.5):
@@ -101,6 +102,7 @@ def main() -> int:
                 packet = build_fwknop(args.key_file, args.hmac_file, args.server, workdir)
             else:
                 packet = build_guardian(args.key_file, args.hmac_file, args.username)
+            sent_wall.append(time.time())
             t0 = time.perf_counter()
             sock.sendto(packet, (args.server, args.spa_port))
             opened_at = wait_until(args.server, args.port, True, args.max_wait, args.gap)
@@ -112,7 +114,7 @@ def main() -> int:
                 print(json.dumps({"error": "the grant did not expire"}))
                 return 1
             time.sleep(args.pause)
-    print(json.dumps({"latencies_ms": latencies, "failures": failures}))
+    print(json.dumps({"latencies_ms": latencies, "failures": failures, "sent_wall": sent_wall}))
     return 0
 
 

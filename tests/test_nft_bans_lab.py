@@ -8,8 +8,6 @@
 # namespace's ruleset is compared before and after every test.
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import gc
 import ipaddress
 import json
@@ -32,6 +30,7 @@ from guardian.config import Ban as BanPolicy
 from guardian.effectors.nft_rules import FAMILY, commands_for
 from guardian.engine import Engine
 from guardian.events import AuthFailed, BanFound
+from guardian.lab.inside import inside, scratch_namespaces
 
 try:
     from guardian.effectors.nft import NftEffector
@@ -47,8 +46,6 @@ pytestmark = [
 
 ip = ipaddress.ip_address
 net = ipaddress.ip_network
-CLONE_NEWNET = 0x40000000
-_libc = ctypes.CDLL(None, use_errno=True)
 
 SERVER4, CLIENT4 = "192.0.2.1", "192.0.2.2"
 SERVER6, CLIENT6 = "2001:db8::1", "2001:db8::2"
@@ -65,47 +62,11 @@ def run(*argv: str, check: bool = True, stdin: str | None = None) -> str:
     return result.stdout
 
 
-def _setns(fd: int) -> None:
-    if _libc.setns(fd, CLONE_NEWNET) != 0:
-        errno = ctypes.get_errno()
-        raise OSError(errno, f"setns: {os.strerror(errno)}")
-
-
-@contextlib.contextmanager
-def inside(name: str) -> Iterator[None]:
-    """Run the block (and the subprocesses it starts) in network namespace `name`."""
-    target = os.open(f"/run/netns/{name}", os.O_RDONLY)
-    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-    try:
-        _setns(target)
-        try:
-            yield
-        finally:
-            _setns(home)
-    finally:
-        os.close(target)
-        os.close(home)
-
-
 @pytest.fixture
 def make_netns() -> Iterator[Callable[[str], str]]:
     """Create namespaces gb14-<pid>-<tag>; every one is deleted at teardown, on failure too."""
-    created: list[str] = []
-    root_before = run("nft", "list", "ruleset")
-
-    def make(tag: str) -> str:
-        name = f"gb14-{os.getpid()}-{tag}"
-        run("ip", "netns", "add", name)
-        created.append(name)
-        run("ip", "-n", name, "link", "set", "lo", "up")
-        return name
-
-    try:
+    with scratch_namespaces("gb14") as make:
         yield make
-    finally:
-        for name in reversed(created):
-            run("ip", "netns", "del", name, check=False)
-    assert run("nft", "list", "ruleset") == root_before, "the root namespace's ruleset changed"
 
 
 @pytest.fixture

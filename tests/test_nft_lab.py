@@ -5,8 +5,6 @@
 # namespace's ruleset is compared before and after every test: it must never change.
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import ipaddress
 import json
 import os
@@ -23,6 +21,7 @@ import pytest
 from guardian.addresses import IPAddress
 from guardian.config import TABLE_NAME, Config, Guard
 from guardian.effectors.nft_rules import FAMILY, grant_commands, revoke_commands
+from guardian.lab.inside import inside, scratch_namespaces
 
 try:
     from guardian.effectors.nft import NftEffector, NftError
@@ -38,8 +37,6 @@ pytestmark = [
 
 ip = ipaddress.ip_address
 net = ipaddress.ip_network
-CLONE_NEWNET = 0x40000000
-_libc = ctypes.CDLL(None, use_errno=True)
 
 SERVER4, CLIENT4 = "192.0.2.1", "192.0.2.2"
 SERVER6, CLIENT6 = "2001:db8::1", "2001:db8::2"
@@ -53,47 +50,11 @@ def run(*argv: str, check: bool = True) -> str:
     return result.stdout
 
 
-def _setns(fd: int) -> None:
-    if _libc.setns(fd, CLONE_NEWNET) != 0:
-        errno = ctypes.get_errno()
-        raise OSError(errno, f"setns: {os.strerror(errno)}")
-
-
-@contextlib.contextmanager
-def inside(name: str) -> Iterator[None]:
-    """Run the block (and the subprocesses it starts) in network namespace `name`."""
-    target = os.open(f"/run/netns/{name}", os.O_RDONLY)
-    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-    try:
-        _setns(target)
-        try:
-            yield
-        finally:
-            _setns(home)
-    finally:
-        os.close(target)
-        os.close(home)
-
-
 @pytest.fixture
 def make_netns() -> Iterator[Callable[[str], str]]:
     """Create namespaces gn4-<pid>-<tag>; every one is deleted at teardown, on failure too."""
-    created: list[str] = []
-    root_before = run("nft", "list", "ruleset")
-
-    def make(tag: str) -> str:
-        name = f"gn4-{os.getpid()}-{tag}"
-        run("ip", "netns", "add", name)
-        created.append(name)
-        run("ip", "-n", name, "link", "set", "lo", "up")
-        return name
-
-    try:
+    with scratch_namespaces("gn4") as make:
         yield make
-    finally:
-        for name in reversed(created):
-            run("ip", "netns", "del", name, check=False)
-    assert run("nft", "list", "ruleset") == root_before, "the root namespace's ruleset changed"
 
 
 @pytest.fixture
