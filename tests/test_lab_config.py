@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from guardian.lab import GuardianHandle, Lab, knock, set_elements, start_guardian, try_ssh
-from guardian.lab.nft import flush_ruleset, ruleset_text, table_exists
+from guardian.lab import GuardianHandle, Lab, knock, set_elements, try_ssh
+from guardian.lab.guardian_proc import LabServer
+from guardian.lab.nft import ruleset_text, table_exists
 
 REPO = Path(__file__).resolve().parents[1]
 RUN_TIMEOUT = 15.0  # a refused config exits at once; a daemon that does not is killed after this
@@ -161,33 +162,10 @@ def knock_ok(lab: Lab, host: str, steps: Sequence[str]) -> None:
     assert done.returncode == 0, f"knock failed: {done.stdout} {done.stderr}"
 
 
-class Server:
-    """Starts guardians in the module lab's server; the fixture undoes everything at teardown."""
-
-    def __init__(self, lab: Lab) -> None:
-        self.lab = lab
-        self.handles: list[GuardianHandle] = []
-
-    def start(self, config: str) -> GuardianHandle:
-        handle = start_guardian(self.lab, config)
-        self.handles.append(handle)
-        return handle
-
-    def cleanup(self) -> None:
-        for handle in self.handles:
-            handle.kill()
-        flush_ruleset(self.lab, "server")
-        self.lab.run("server", ["conntrack", "-F"])
-
-
 @pytest.fixture
-def server(lab_module: Lab) -> Iterator[Server]:
-    flush_ruleset(lab_module, "server")
-    helper = Server(lab_module)
-    try:
+def server(lab_module: Lab) -> Iterator[LabServer]:
+    with LabServer(lab_module) as helper:
         yield helper
-    finally:
-        helper.cleanup()
 
 
 # -- a broken config touches nothing ---------------------------------------------------------------
@@ -202,7 +180,7 @@ EARLIER = (
 )
 
 
-def prepare_ruleset(server: Server, state: str) -> None:
+def prepare_ruleset(server: LabServer, state: str) -> None:
     """'empty': no table at all. 'stopped': a host firewall table and the table a guardian left
     behind when it was stopped (SIGTERM keeps it)."""
     if state == "stopped":
@@ -216,7 +194,7 @@ def prepare_ruleset(server: Server, state: str) -> None:
 @pytest.mark.parametrize("state", ["empty", "stopped"])
 @pytest.mark.parametrize("case", sorted(BROKEN))
 def test_broken_config_is_refused_and_touches_nothing(
-    server: Server, case: str, state: str
+    server: LabServer, case: str, state: str
 ) -> None:
     lab = server.lab
     text, bad_line, key = BROKEN[case]
@@ -237,7 +215,7 @@ def test_broken_config_is_refused_and_touches_nothing(
     assert ruleset_text(lab, "server") == before
 
 
-def test_check_accepts_the_good_config(server: Server) -> None:
+def test_check_accepts_the_good_config(server: LabServer) -> None:
     """Control for the broken cases: the same file unbroken is accepted."""
     path = server.lab.workdir / "good.toml"
     path.write_text(GOOD)
@@ -258,7 +236,7 @@ def reload(guardian: GuardianHandle, text: str, expect: str) -> None:
     assert guardian.returncode is None, "the daemon exited on SIGHUP"
 
 
-def test_sighup_applies_a_valid_new_config_and_keeps_grants(server: Server) -> None:
+def test_sighup_applies_a_valid_new_config_and_keeps_grants(server: LabServer) -> None:
     lab = server.lab
     guardian = server.start(GOOD)
     knock_ok(lab, "client", OPEN)
@@ -282,7 +260,7 @@ def test_sighup_applies_a_valid_new_config_and_keeps_grants(server: Server) -> N
     assert wait_for(lambda: lab.addr("client2") not in grants4(lab), GRANT_WAIT)
 
 
-def test_sighup_refuses_an_invalid_config_and_keeps_the_old_one(server: Server) -> None:
+def test_sighup_refuses_an_invalid_config_and_keeps_the_old_one(server: LabServer) -> None:
     lab = server.lab
     guardian = server.start(GOOD)
     before = ruleset_text(lab, "server")
@@ -320,7 +298,7 @@ KNOCKD_CONF = """\
 """
 
 
-def test_imported_knockd_conf_runs_and_works(server: Server) -> None:
+def test_imported_knockd_conf_runs_and_works(server: LabServer) -> None:
     lab = server.lab
     source = lab.workdir / "knockd.conf"
     source.write_text(KNOCKD_CONF)

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from guardian.lab import GuardianHandle, Lab, knock, set_elements, ssh_argv, start_guardian
+from guardian.lab import Lab, knock, set_elements, ssh_argv
 from guardian.lab import tcp_connect_result as connect_result
-from guardian.lab.nft import flush_ruleset
+from guardian.lab.guardian_proc import LabServer
 
 REPO = Path(__file__).resolve().parents[1]
 SOURCE_DOOR = ("7000/tcp", "8000/tcp", "9000/tcp")
@@ -93,35 +93,14 @@ def long_session(lab: Lab, host: str, seconds: int) -> subprocess.Popen[bytes]:
     return lab.popen(host, argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
-class Server:
-    def __init__(self, lab: Lab) -> None:
-        self.lab = lab
-        self.handles: list[GuardianHandle] = []
-
-    def start(self, config: str) -> GuardianHandle:
-        handle = start_guardian(self.lab, config)
-        self.handles.append(handle)
-        return handle
-
-    def cleanup(self) -> None:
-        for handle in self.handles:
-            handle.kill()
-        flush_ruleset(self.lab, "server")
-        self.lab.run("server", ["conntrack", "-F"])
-
-
 @pytest.fixture
-def server(lab_module: Lab) -> Iterator[Server]:
-    flush_ruleset(lab_module, "server")
-    helper = Server(lab_module)
-    try:
+def server(lab_module: Lab) -> Iterator[LabServer]:
+    with LabServer(lab_module) as helper:
         yield helper
-    finally:
-        helper.cleanup()
 
 
 def test_everyone_door_opens_for_both_clients_and_closes_at_its_window_despite_a_session(
-    server: Server,
+    server: LabServer,
 ) -> None:
     lab = server.lab
     window = 6.0
@@ -163,7 +142,7 @@ def test_everyone_door_opens_for_both_clients_and_closes_at_its_window_despite_a
     assert "WARNING everyone_closed door=everyone (window ended)" in log
 
 
-def test_everyone_window_is_never_extended_by_a_reknock_or_a_restart(server: Server) -> None:
+def test_everyone_window_is_never_extended_by_a_reknock_or_a_restart(server: LabServer) -> None:
     lab = server.lab
     window = 8.0
     config = config_text(f"{window:g}s")
@@ -199,7 +178,7 @@ def test_everyone_window_is_never_extended_by_a_reknock_or_a_restart(server: Ser
     assert connect_result(lab, "client2", lab.addr("server"), 22, timeout=1.0) == "refused"
 
 
-def test_bans_still_apply_while_the_everyone_door_is_open(server: Server) -> None:
+def test_bans_still_apply_while_the_everyone_door_is_open(server: LabServer) -> None:
     lab = server.lab
     guardian = server.start(config_text("20s"))
     target = lab.addr("server")

@@ -18,7 +18,8 @@ from typing import Any
 
 import pytest
 
-from guardian.lab import GuardianHandle, Lab, knock, set_elements, start_guardian
+from guardian.lab import GuardianHandle, Lab, knock, set_elements
+from guardian.lab.guardian_proc import LabServer
 from guardian.lab.nft import flush_ruleset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -80,21 +81,9 @@ def hanging_pids() -> list[int]:
     return found
 
 
-class Server:
-    def __init__(self, lab: Lab) -> None:
-        self.lab = lab
-        self.handles: list[GuardianHandle] = []
-
-    def start(self, config: str) -> GuardianHandle:
-        handle = start_guardian(self.lab, config)
-        self.handles.append(handle)
-        return handle
-
+class Server(LabServer):
     def cleanup(self) -> None:
-        for handle in self.handles:
-            handle.kill()
-        flush_ruleset(self.lab, "server")
-        self.lab.run("server", ["conntrack", "-F"])
+        super().cleanup()
         for pid in hanging_pids():  # only ever our own hook's children
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, 9)
@@ -102,12 +91,8 @@ class Server:
 
 @pytest.fixture
 def server(lab_module: Lab) -> Iterator[Server]:
-    flush_ruleset(lab_module, "server")
-    helper = Server(lab_module)
-    try:
+    with Server(lab_module) as helper:
         yield helper
-    finally:
-        helper.cleanup()
 
 
 def records(path: Path) -> list[dict[str, Any]]:

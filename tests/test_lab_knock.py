@@ -22,10 +22,10 @@ from guardian.lab import (
     knock,
     set_elements,
     ssh_argv,
-    start_guardian,
     tcp_connect_result,
 )
-from guardian.lab.nft import flush_ruleset, table_exists
+from guardian.lab.guardian_proc import LabServer
+from guardian.lab.nft import table_exists
 
 REPO = Path(__file__).resolve().parents[1]
 NmapVerdict = tuple[str, str, str]  # state, reason, TTL of the reply ("" when none came)
@@ -235,38 +235,16 @@ def full_scan(lab: Lab, host: str, *, sequential: bool, ports: str = "-") -> flo
 # -- fixtures --------------------------------------------------------------------------------------
 
 
-class Server:
-    """Starts guardians in the module lab's server; the fixture undoes everything at teardown."""
-
-    def __init__(self, lab: Lab) -> None:
-        self.lab = lab
-        self.handles: list[GuardianHandle] = []
-
-    def start(self, config: str) -> GuardianHandle:
-        handle = start_guardian(self.lab, config)
-        self.handles.append(handle)
-        return handle
-
+class Server(LabServer):
     def install_host_firewall(self) -> None:
         done = self.lab.run("server", ["nft", "-f", "-"], input=HOST_FIREWALL)
         assert done.returncode == 0, done.stderr
 
-    def cleanup(self) -> None:
-        for handle in self.handles:
-            handle.kill()
-        flush_ruleset(self.lab, "server")
-        # Connections of this test must not ride "ct state established" into the next one.
-        self.lab.run("server", ["conntrack", "-F"])
-
 
 @pytest.fixture
 def server(lab_module: Lab) -> Iterator[Server]:
-    flush_ruleset(lab_module, "server")
-    helper = Server(lab_module)
-    try:
+    with Server(lab_module) as helper:
         yield helper
-    finally:
-        helper.cleanup()
 
 
 # -- before a knock: the guarded port looks like an unused one -------------------------------------

@@ -19,8 +19,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from guardian.lab import GuardianHandle, Lab, set_elements, ssh_argv, start_guardian
-from guardian.lab.nft import flush_ruleset
+from guardian.lab import GuardianHandle, Lab, set_elements, ssh_argv
+from guardian.lab.guardian_proc import LabServer
 from guardian.lab.probes import nmap_argv, parse_nmap_states
 from guardian.parsers.spa import SpaKey
 from guardian.spa_packet import encode
@@ -215,33 +215,19 @@ def ssh_ok(lab: Lab, host: str, v: int = 4) -> bool:
     return lab.run(host, argv, timeout=20).returncode == 0
 
 
-class Server:
-    def __init__(self, lab: Lab) -> None:
-        self.lab = lab
-        self.handles: list[GuardianHandle] = []
-
-    def start(self) -> GuardianHandle:
-        handle = start_guardian(self.lab, config_text(self.lab))
-        self.handles.append(handle)
-        return handle
+class Server(LabServer):
+    def start_spa(self) -> GuardianHandle:
+        return self.start(config_text(self.lab))
 
     def cleanup(self) -> None:
-        for handle in self.handles:
-            handle.kill()
-        flush_ruleset(self.lab, "server")
-        self.lab.run("server", ["conntrack", "-F"])
-        for state in self.lab.workdir.glob("state-server.db*"):
-            state.unlink()
+        super().cleanup()
+        self.forget_state()
 
 
 @pytest.fixture
 def server(lab_module: Lab) -> Iterator[Server]:
-    flush_ruleset(lab_module, "server")
-    helper = Server(lab_module)
-    try:
+    with Server(lab_module) as helper:
         yield helper
-    finally:
-        helper.cleanup()
 
 
 # -- the tests -------------------------------------------------------------------------------------
@@ -252,7 +238,7 @@ def test_the_real_fwknop_client_opens_access_ssh_works_and_logout_closes_it(
     server: Server, stanza: str
 ) -> None:
     lab = server.lab
-    handle = server.start()
+    handle = server.start_spa()
     assert not granted(lab, "client")
     assert not ssh_ok(lab, "client")  # shut before: a reset, like an unused port
     fwknop(lab, "client", FWKNOP_KEYS[stanza])
@@ -266,7 +252,7 @@ def test_the_real_fwknop_client_opens_access_ssh_works_and_logout_closes_it(
 
 def test_a_replayed_packet_is_refused_also_after_a_restart_and_bit_flipped(server: Server) -> None:
     lab = server.lab
-    handle = server.start()
+    handle = server.start_spa()
     saved = lab.workdir / "captured.spa"
     # The no-HMAC stanza: the one where fwknopd itself can be replayed with the bit flip.
     fwknop(lab, "client", FWKNOP_KEYS["nohmac"], "-B", str(saved))
@@ -281,7 +267,7 @@ def test_a_replayed_packet_is_refused_also_after_a_restart_and_bit_flipped(serve
     assert f"spa_refused source={lab.addr('attacker')} door=spa (replay: " in log
     # After a restart (kill -9: no orderly shutdown), the state store still knows it.
     handle.kill()
-    handle = server.start()
+    handle = server.start_spa()
     flipped = _flip_low_bits(captured)
     assert flipped != captured
     send_payloads(lab, "attacker", [captured, flipped])
@@ -301,7 +287,7 @@ def _flip_low_bits(payload: bytes) -> bytes:
 
 def test_each_refusal_has_its_own_reason_in_one_log_line(server: Server) -> None:
     lab = server.lab
-    handle = server.start()
+    handle = server.start_spa()
     attacker = lab.addr("attacker")
     key = SpaKey(base64.b64decode(KEY_B64), base64.b64decode(HMAC_B64), "sha256")
 
@@ -368,7 +354,7 @@ def test_each_refusal_has_its_own_reason_in_one_log_line(server: Server) -> None
 
 def test_garbage_costs_bounded_cpu_and_a_valid_packet_right_after_opens(server: Server) -> None:
     lab = server.lab
-    handle = server.start()
+    handle = server.start_spa()
     rng = __import__("random").Random(8)
     key = SpaKey(base64.b64decode(KEY_B64), base64.b64decode(HMAC_B64), "sha256")
     valid = encode(
@@ -412,7 +398,7 @@ def test_garbage_costs_bounded_cpu_and_a_valid_packet_right_after_opens(server: 
 
 def test_the_spa_port_looks_like_any_closed_udp_port_to_nmap(server: Server) -> None:
     lab = server.lab
-    server.start()
+    server.start_spa()
     # One scan of both ports: nmap paces itself to the kernel's ICMP rate limit (one port
     # unreachable per second by default), which two back-to-back scans would run into.
     argv = nmap_argv(lab.addr("server"), SPA_PORT, extra=["-sU", "--max-retries", "4"])
@@ -426,7 +412,7 @@ def test_the_spa_port_looks_like_any_closed_udp_port_to_nmap(server: Server) -> 
 
 def test_guardian_knock_spa_over_ipv6_grants_the_ipv6_source(server: Server) -> None:
     lab = server.lab
-    handle = server.start()
+    handle = server.start_spa()
     client_config = lab.workdir / "client.toml"  # a client keeps the same stanza with its keys
     client_config.write_text(config_text(lab))
     argv = [

@@ -1,7 +1,8 @@
 # The guardian daemon as a lab process: `python -m guardian run -c FILE` inside a host namespace,
 # started with a config text, considered up once it prints "guardian: ready" on stderr (the table is
 # installed and the watchers registered), and stoppable the way an operator would (SIGTERM, SIGHUP,
-# or kill -9 to prove the kernel timeouts hold on their own).
+# or kill -9 to prove the kernel timeouts hold on their own). LabServer: the daemons one test
+# starts, and the host's reset after it.
 from __future__ import annotations
 
 import itertools
@@ -12,8 +13,10 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Self
 
 from guardian.lab.netns import Lab, LabError
+from guardian.lab.nft import flush_ruleset
 
 READY_LINE = "guardian: ready"
 _counter = itertools.count(1)
@@ -135,3 +138,42 @@ def start_guardian(
         time.sleep(0.02)
     handle.kill()
     raise GuardianStartError(f"guardian not ready within {ready_timeout}s:\n{handle.log_text()}")
+
+
+class LabServer:
+    """The guardians a test starts in a lab host (the "server"), and the reset after it:
+    cleanup() kills them, then empties the host's ruleset and conntrack table, so that neither
+    a table nor a connection riding "ct state established" reaches the next test. Tests that
+    need more (clients, hooks, a host firewall) subclass it and extend cleanup()."""
+
+    def __init__(self, lab: Lab, host: str = "server") -> None:
+        self.lab = lab
+        self.host = host
+        self.handles: list[GuardianHandle] = []
+
+    def __enter__(self) -> Self:
+        flush_ruleset(self.lab, self.host)  # whatever an earlier test left
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.cleanup()
+
+    def start(
+        self, config: str, extra_args: Sequence[str] = (), *, ready_timeout: float = 10.0
+    ) -> GuardianHandle:
+        handle = start_guardian(
+            self.lab, config, self.host, extra_args, ready_timeout=ready_timeout
+        )
+        self.handles.append(handle)
+        return handle
+
+    def cleanup(self) -> None:
+        for handle in self.handles:
+            handle.kill()
+        flush_ruleset(self.lab, self.host)
+        self.lab.run(self.host, ["conntrack", "-F"])
+
+    def forget_state(self) -> None:
+        """Remove the daemon's state store (offences, positions, SPA replays) between tests."""
+        for state in self.lab.workdir.glob(f"state-{self.host}.db*"):
+            state.unlink()
