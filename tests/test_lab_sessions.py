@@ -426,7 +426,9 @@ def test_two_parallel_sessions(server: Server) -> None:
     guardian = server.start(config_text())
     knock_ok(lab)
     assert wait_for(lambda: granted(lab, CLIENT), GRANT_WAIT)
-    long = server.ssh(["sleep", "7"])
+    # The long one must outlive the short one, linger and a third login by a margin that holds
+    # on a loaded machine (7 s did not: the third ssh finished after it once).
+    long = server.ssh(["sleep", "12"])
     short = server.ssh(["sleep", "2"])
     wait_grant_state(guardian, CLIENT, "in_session", sessions=2)
     assert short.wait(15) == 0
