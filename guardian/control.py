@@ -137,6 +137,7 @@ class ControlStats:
     idle_disconnects: int = 0
     handler_errors: int = 0  # ControlError from the handler
     internal_errors: int = 0  # any other exception from the handler (a bug; logged)
+    snapshots_built: int = 0  # snapshots made for requests; the rest were served from the cache
 
 
 def access_for(
@@ -690,6 +691,7 @@ class ControlServer:
         if self._cached is not None and self._fresh():
             return self._cached[1]
         doc = self.handler.snapshot()
+        self.stats.snapshots_built += 1
         self._cached = (self.clock(), doc)
         self._encoded.clear()
         return doc

@@ -928,6 +928,18 @@ class Daemon:
                     "hooks_dropped": hooks.dropped,
                 }
             )
+        if self._control is not None:
+            # Requests against snapshots built: what the snapshot cache saves a crowd of pollers.
+            stats = self._control.stats
+            counters.update(
+                {
+                    "control_requests": stats.requests,
+                    "control_snapshots_built": stats.snapshots_built,
+                    "control_refused": stats.refused,
+                    "control_busy": stats.busy,
+                    "control_slow_disconnects": stats.slow_disconnects,
+                }
+            )
         return counters
 
     # ---- reload -------------------------------------------------------------------------------

@@ -698,6 +698,7 @@ def test_garbage_oversized_and_half_sent_requests_leave_the_live_daemon_working(
 def test_100_status_clients_do_not_slow_knock_to_open(status_lab: StatusLab) -> None:
     status_lab.wait_no_grants()
     clients, rate = 100, 4.0
+    before = status_lab.snapshot().counters
     without, loaded = run_rounds(
         status_lab.lab,
         str(status_lab.socket),
@@ -727,10 +728,16 @@ def test_100_status_clients_do_not_slow_knock_to_open(status_lab: StatusLab) -> 
     assert with_load <= max(1.10 * base, base + 1.0), json.dumps(result, indent=2)
     # The median alone is a blunt detector: a knock waits at most for the request in progress,
     # and in trials here it hardly moved even with 0.5 ms of extra work per request (daemon at
-    # 37 % CPU, median ratio 1.06). What the crowd costs shows in the daemon's CPU: 5.5 % with
-    # the snapshot cache (one snapshot per 0.25 s for everyone), 17.6 % without it. 12 % leaves
-    # room for a slower machine and catches a daemon that builds a snapshot per request.
-    assert result["with_status_clients"]["daemon_cpu_percent"] <= 12.0, json.dumps(result, indent=2)
+    # 37 % CPU, median ratio 1.06). What the crowd costs shows in how many snapshots were built:
+    # one per 0.25 s for everyone (plus one after each change, e.g. a knock) with the cache, one
+    # per request without it. (This test used to bound the daemon's CPU at 12 %: 5.5 % with the
+    # cache, 17.6 % without on a quiet machine, but 13.1 % with it on a slow CI day.)
+    after = status_lab.snapshot().counters
+    requests = after["control_requests"] - before["control_requests"]
+    built = after["control_snapshots_built"] - before["control_snapshots_built"]
+    polled = sum(round_stats["requests"] for round_stats in loaded.pollers)
+    assert requests >= polled > 0, (requests, polled)  # every poll reached the daemon's counter
+    assert built <= 0.1 * requests, (requests, built, json.dumps(result, indent=2))
 
 
 # ---- a ban appears as it happens -----------------------------------------------------------------
