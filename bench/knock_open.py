@@ -6,7 +6,9 @@
 # knockd's door runs `nft add element inet guardian allow4 { %IP% }` — the same set element our
 # daemon adds in-process. Rounds alternate between the two daemons so machine noise hits both.
 #
-#   sudo .venv/bin/python bench/knock_open.py [--rounds 3 --trials 10] [--json out.json]
+# The probe runs on one CPU and the daemon under test on the other (bench/cpus.py; --no-pin: not).
+#
+#   sudo .venv/bin/python bench/knock_open.py [--rounds 3 --trials 10] [--no-pin] [--json out.json]
 from __future__ import annotations
 
 import argparse
@@ -15,6 +17,9 @@ import statistics
 import sys
 import time
 from pathlib import Path
+
+from cpus import CLIENT_CPU, SERVER_CPU, can_pin, pin
+from probe_knock_open import Probed
 
 from guardian.lab.guardian_proc import start_guardian
 from guardian.lab.netns import Lab
@@ -58,7 +63,7 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[index]
 
 
-def probe(lab: Lab, trials: int) -> list[float]:
+def probe(lab: Lab, trials: int, pinned: bool) -> Probed:
     result = lab.run(
         "client",
         [
@@ -68,6 +73,7 @@ def probe(lab: Lab, trials: int) -> list[float]:
             lab.addr("server"),
             "--trials",
             str(trials),
+            *(["--cpu", str(CLIENT_CPU)] if pinned else []),
         ],
         timeout=30 + trials * 8,
     )
@@ -76,27 +82,31 @@ def probe(lab: Lab, trials: int) -> list[float]:
         raise RuntimeError(f"probe: {data['error']}")
     if data["failures"]:
         print(f"  warning: {data['failures']} trial(s) never opened", file=sys.stderr)
-    return [float(x) for x in data["latencies_ms"]]
+    return Probed.of(data)
 
 
-def run_guardian_round(lab: Lab, trials: int) -> list[float]:
+def run_guardian_round(lab: Lab, trials: int, pinned: bool) -> Probed:
     handle = start_guardian(lab, GUARDIAN_CONFIG)
+    if pinned:
+        pin(handle.pid, SERVER_CPU)
     try:
-        return probe(lab, trials)
+        return probe(lab, trials, pinned)
     finally:
         handle.stop()
         lab.run("server", ["nft", "flush", "set", "inet", "guardian", "allow4"], check=True)
 
 
-def run_knockd_round(lab: Lab, trials: int) -> list[float]:
+def run_knockd_round(lab: Lab, trials: int, pinned: bool) -> Probed:
     config = lab.workdir / "knockd.conf"
     config.write_text(KNOCKD_CONFIG)
     proc = lab.popen("server", ["knockd", "-c", str(config), "-i", "eth0"])
+    if pinned:
+        pin(proc.pid, SERVER_CPU)  # and the shells and nft it forks per knock
     try:
         time.sleep(1.0)  # knockd has no readiness signal; pcap needs a moment to attach
         if proc.poll() is not None:
             raise RuntimeError("knockd exited at start")
-        return probe(lab, trials)
+        return probe(lab, trials, pinned)
     finally:
         proc.terminate()
         proc.wait(timeout=10)
@@ -117,24 +127,40 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--trials", type=int, default=10, help="per round and daemon")
+    ap.add_argument(
+        "--no-pin",
+        action="store_true",
+        help="let probe and daemons share both CPUs (see bench/cpus.py)",
+    )
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args()
-    ours: list[float] = []
-    theirs: list[float] = []
+    pinned = not args.no_pin and can_pin()
+    ours_probed, theirs_probed = Probed(), Probed()
     with Lab(hosts=("server", "client")) as lab:
         start_sshd(lab)
         for round_no in range(1, args.rounds + 1):
             print(f"round {round_no}: ssh-guardian", file=sys.stderr)
-            ours += run_guardian_round(lab, args.trials)
+            ours_probed += run_guardian_round(lab, args.trials, pinned)
             print(f"round {round_no}: knockd", file=sys.stderr)
-            theirs += run_knockd_round(lab, args.trials)
+            theirs_probed += run_knockd_round(lab, args.trials, pinned)
+    ours, theirs = ours_probed.latencies, theirs_probed.latencies
     result = {
         "benchmark": "knock-to-open (last knock leaves client -> SSH SYN accepted)",
+        "pinned": {"client_cpu": CLIENT_CPU, "server_cpu": SERVER_CPU} if pinned else None,
         "ssh-guardian": summary(ours),
         "knockd 0.8": summary(theirs),
         "ratio_median_knockd_over_ours": round(
             statistics.median(theirs) / statistics.median(ours), 1
         ),
+        # The bracket around the figure (probe_knock_open.py's header).
+        "last_refused_syn": {
+            "ssh-guardian": summary(ours_probed.last_refused),
+            "knockd 0.8": summary(theirs_probed.last_refused),
+        },
+        "connect_returned": {
+            "ssh-guardian": summary(ours_probed.connect_returned),
+            "knockd 0.8": summary(theirs_probed.connect_returned),
+        },
     }
     print(json.dumps(result, indent=2))
     if args.json:

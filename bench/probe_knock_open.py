@@ -8,9 +8,12 @@ from __future__ import annotations
 import argparse
 import errno
 import json
+import os
 import socket
 import sys
 import time
+from dataclasses import dataclass, field
+from typing import Any
 
 
 def knock(host: str, port: int) -> None:
@@ -35,6 +38,30 @@ def try_connect(host: str, port: int, timeout: float) -> bool:
             raise
 
 
+@dataclass(frozen=True)
+class Opening:
+    """perf_counter() readings around the first accepted connection attempt."""
+
+    syn: float  # just before the accepted attempt's connect(): its SYN left then
+    last_refused_syn: float | None  # the same for the attempt before it (the gate was shut)
+    connected: float  # when the accepted connect() returned
+
+
+def time_open(host: str, port: int, max_wait: float, gap: float) -> Opening | None:
+    """Try to connect until one attempt is accepted (bounded in time and count)."""
+    start = time.perf_counter()
+    last_refused: float | None = None
+    for _ in range(200_000):
+        syn = time.perf_counter()
+        if syn - start >= max_wait:
+            return None
+        if try_connect(host, port, timeout=0.05):
+            return Opening(syn, last_refused, time.perf_counter())
+        last_refused = syn
+        time.sleep(gap)
+    return None
+
+
 def wait_until(host: str, port: int, want_open: bool, max_wait: float, gap: float) -> float | None:
     """perf_counter() at the moment the port's state is as wanted, or None after max_wait."""
     start = time.perf_counter()
@@ -48,6 +75,56 @@ def wait_until(host: str, port: int, want_open: bool, max_wait: float, gap: floa
     return None
 
 
+class Timings:
+    """Per trial, in ms from the packet that should open: the figure and its bracket."""
+
+    def __init__(self) -> None:
+        self.latencies: list[float] = []  # the accepted SYN left (the benchmark's figure)
+        self.last_refused: list[float | None] = []  # the SYN before it left (and was refused)
+        self.connect_returned: list[float] = []  # the accepted connect() returned
+        self.failures = 0
+
+    def add(self, t0: float, opening: Opening | None) -> None:
+        if opening is None:
+            self.failures += 1
+            return
+        self.latencies.append((opening.syn - t0) * 1000.0)
+        refused = opening.last_refused_syn
+        self.last_refused.append(None if refused is None else (refused - t0) * 1000.0)
+        self.connect_returned.append((opening.connected - t0) * 1000.0)
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "latencies_ms": self.latencies,
+            "last_refused_ms": self.last_refused,
+            "connect_returned_ms": self.connect_returned,
+            "failures": self.failures,
+        }
+
+
+@dataclass
+class Probed:
+    """One probe run's figures in ms as its JSON gives them (Timings), rounds added up."""
+
+    latencies: list[float] = field(default_factory=list)  # the accepted SYN left
+    last_refused: list[float] = field(default_factory=list)  # the refused SYN before it left
+    connect_returned: list[float] = field(default_factory=list)  # the accepted connect() returned
+
+    @classmethod
+    def of(cls, data: dict[str, Any]) -> Probed:
+        return cls(
+            [float(x) for x in data["latencies_ms"]],
+            [float(x) for x in data["last_refused_ms"] if x is not None],
+            [float(x) for x in data["connect_returned_ms"]],
+        )
+
+    def __iadd__(self, other: Probed) -> Probed:
+        self.latencies += other.latencies
+        self.last_refused += other.last_refused
+        self.connect_returned += other.connect_returned
+        return self
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--server", required=True)
@@ -58,11 +135,15 @@ def main() -> int:
     ap.add_argument("--max-wait", type=float, default=3.0)
     ap.add_argument("--gap", type=float, default=0.0002, help="seconds between connect attempts")
     ap.add_argument("--pause", type=float, default=0.3, help="seconds between trials")
+    ap.add_argument(
+        "--cpu", type=int, help="run on this CPU only (the bench keeps the server side off it)"
+    )
     args = ap.parse_args()
+    if args.cpu is not None:
+        os.sched_setaffinity(0, {args.cpu})
     open_ports = [int(p) for p in args.open.split(",")]
     close_ports = [int(p) for p in args.close.split(",")]
-    latencies: list[float] = []
-    failures = 0
+    timings = Timings()
     if try_connect(args.server, args.port, 0.5):
         print(json.dumps({"error": "port already open before the first knock"}))
         return 1
@@ -72,11 +153,7 @@ def main() -> int:
             time.sleep(0.002)  # keep knocks in order on the wire, as a real client would
         t0 = time.perf_counter()
         knock(args.server, open_ports[-1])
-        opened_at = wait_until(args.server, args.port, True, args.max_wait, args.gap)
-        if opened_at is None:
-            failures += 1
-        else:
-            latencies.append((opened_at - t0) * 1000.0)
+        timings.add(t0, time_open(args.server, args.port, args.max_wait, args.gap))
         for port in close_ports:
             knock(args.server, port)
             time.sleep(0.002)
@@ -84,7 +161,7 @@ def main() -> int:
             print(json.dumps({"error": "close sequence did not close the port"}))
             return 1
         time.sleep(args.pause)
-    print(json.dumps({"latencies_ms": latencies, "failures": failures}))
+    print(json.dumps(timings.as_json()))
     return 0
 
 

@@ -1,7 +1,8 @@
 # Client side of the SPA-to-open benchmark, run inside the lab's client namespace with the repo's
 # interpreter. For each trial it builds one fresh SPA packet (a new timestamp and new random digits:
 # both daemons refuse a replay), takes the time just before the datagram leaves, then tries to
-# connect to the guarded port until the SYN is accepted; then it waits until the grant has expired
+# connect to the guarded port until the SYN is accepted (timed as probe_knock_open.py's header
+# says); then it waits until the grant has expired
 # (the port refuses again) so the next trial starts from a closed gate. Building happens before the
 # clock starts, so the real `fwknop` client (--builder fwknop, one process per packet) and our
 # encoder (--builder guardian) measure the same thing. Every loop is bounded in count and time.
@@ -11,6 +12,7 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -18,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from probe_knock_open import try_connect, wait_until
+from probe_knock_open import Timings, time_open, try_connect, wait_until
 
 SPA_PORT = 62201
 
@@ -85,10 +87,15 @@ def main() -> int:
     ap.add_argument("--close-wait", type=float, default=8.0, help="seconds to wait for expiry")
     ap.add_argument("--gap", type=float, default=0.0002, help="seconds between connect attempts")
     ap.add_argument("--pause", type=float, default=0.2, help="seconds between trials")
+    ap.add_argument(
+        "--cpu", type=int, help="run on this CPU only (the bench keeps the server side off it)"
+    )
     args = ap.parse_args()
-    latencies: list[float] = []
+    if args.cpu is not None:
+        os.sched_setaffinity(0, {args.cpu})
+    timings = Timings()
+    sendto_ms: list[float] = []  # how long sendto() itself took (the kernel's own path)
     sent_wall: list[float] = []  # time.time() at each sendto: to line up with a daemon trace
-    failures = 0
     family = socket.AF_INET6 if ":" in args.server else socket.AF_INET
     if try_connect(args.server, args.port, 0.5):
         print(json.dumps({"error": "port already open before the first packet"}))
@@ -105,16 +112,13 @@ def main() -> int:
             sent_wall.append(time.time())
             t0 = time.perf_counter()
             sock.sendto(packet, (args.server, args.spa_port))
-            opened_at = wait_until(args.server, args.port, True, args.max_wait, args.gap)
-            if opened_at is None:
-                failures += 1
-            else:
-                latencies.append((opened_at - t0) * 1000.0)
+            sendto_ms.append((time.perf_counter() - t0) * 1000.0)
+            timings.add(t0, time_open(args.server, args.port, args.max_wait, args.gap))
             if wait_until(args.server, args.port, False, args.close_wait, 0.01) is None:
                 print(json.dumps({"error": "the grant did not expire"}))
                 return 1
             time.sleep(args.pause)
-    print(json.dumps({"latencies_ms": latencies, "failures": failures, "sent_wall": sent_wall}))
+    print(json.dumps({**timings.as_json(), "sent_wall": sent_wall, "sendto_ms": sendto_ms}))
     return 0
 
 

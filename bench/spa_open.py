@@ -14,7 +14,9 @@
 # that includes PCAP_LOOP_SLEEP = 100 ms between polls). Rounds alternate the three daemons so
 # machine noise hits each of them.
 #
-#   sudo .venv/bin/python bench/spa_open.py [--rounds 3 --trials 12] [--json out.json]
+# The probe runs on one CPU and the daemon under test on the other (bench/cpus.py; --no-pin: not).
+#
+#   sudo .venv/bin/python bench/spa_open.py [--rounds 3 --trials 12] [--no-pin] [--json out.json]
 from __future__ import annotations
 
 import argparse
@@ -28,6 +30,9 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+from cpus import CLIENT_CPU, SERVER_CPU, can_pin, pin
+from probe_knock_open import Probed
 
 from guardian.lab.guardian_proc import start_guardian
 from guardian.lab.netns import Lab
@@ -99,8 +104,9 @@ def secret(lab: Lab, name: str, content: str) -> Path:
 class Bench:
     """The lab, the keys, and one round per daemon."""
 
-    def __init__(self, lab: Lab, trials: int, builder: str) -> None:
+    def __init__(self, lab: Lab, trials: int, builder: str, pinned: bool) -> None:
         self.lab = lab
+        self.pinned = pinned
         self.trials = trials
         self.builder = builder
         self.key_b64 = base64.b64encode(os.urandom(32)).decode()
@@ -111,7 +117,7 @@ class Bench:
             port=SPA_PORT, key_file=self.key_file, hmac_file=self.hmac_file, grant=GRANT_SECONDS
         )
 
-    def probe(self) -> list[float]:
+    def probe(self) -> Probed:
         lab = self.lab
         argv = [
             sys.executable,
@@ -126,6 +132,7 @@ class Bench:
             self.builder,
             "--trials",
             str(self.trials),
+            *(["--cpu", str(CLIENT_CPU)] if self.pinned else []),
         ]
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         result = lab.run("client", argv, timeout=30 + self.trials * 12, env=env)
@@ -137,21 +144,25 @@ class Bench:
             raise RuntimeError(f"probe: {data['error']}")
         if data["failures"]:
             print(f"  warning: {data['failures']} trial(s) never opened", file=sys.stderr)
-        return [float(x) for x in data["latencies_ms"]]
+        return Probed.of(data)
 
     def flush(self) -> None:
         self.lab.run("server", ["nft", "flush", "set", "inet", "guardian", "allow4"], check=True)
 
-    def guardian_round(self) -> list[float]:
+    def guardian_round(self) -> Probed:
         handle = start_guardian(self.lab, self.guardian_config)
+        if self.pinned:
+            pin(handle.pid, SERVER_CPU)
         try:
             return self.probe()
         finally:
             handle.stop()
             self.flush()
 
-    def fwknopd_round(self, udp_server: bool) -> list[float]:
+    def fwknopd_round(self, udp_server: bool) -> Probed:
         proc, _ = start_fwknopd(self.lab, self.key_b64, self.hmac_b64, udp_server=udp_server)
+        if self.pinned:
+            pin(proc.pid, SERVER_CPU)
         try:
             return self.probe()
         finally:
@@ -244,14 +255,20 @@ def main() -> int:
         default="guardian",
         help="who builds each packet before the clock starts: guardian.spa_packet or `fwknop -T`",
     )
+    ap.add_argument(
+        "--no-pin",
+        action="store_true",
+        help="let probe and daemons share both CPUs (see bench/cpus.py)",
+    )
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args()
-    results: dict[str, list[float]] = {OURS: [], FWKNOPD_UDP: [], FWKNOPD_PCAP: []}
+    pinned = not args.no_pin and can_pin()
+    probed = {OURS: Probed(), FWKNOPD_UDP: Probed(), FWKNOPD_PCAP: Probed()}
     load_before = os.getloadavg()
     with Lab(hosts=("server", "client"), prefix=PREFIX) as lab:
         start_sshd(lab)
-        bench = Bench(lab, args.trials, args.builder)
-        rounds: list[tuple[str, Callable[[], list[float]]]] = [
+        bench = Bench(lab, args.trials, args.builder, pinned)
+        rounds: list[tuple[str, Callable[[], Probed]]] = [
             (OURS, bench.guardian_round),
             (FWKNOPD_UDP, lambda: bench.fwknopd_round(udp_server=True)),
             (FWKNOPD_PCAP, lambda: bench.fwknopd_round(udp_server=False)),
@@ -259,13 +276,15 @@ def main() -> int:
         for round_no in range(1, args.rounds + 1):
             for name, run in rounds:
                 print(f"round {round_no}: {name}", file=sys.stderr)
-                results[name] += run()
+                probed[name] += run()
+    results = {name: p.latencies for name, p in probed.items()}
     ours = statistics.median(results[OURS])
     result = {
         "benchmark": "SPA-to-open (SPA datagram leaves client -> SSH SYN accepted)",
         "packet_builder": args.builder,
         "rounds": args.rounds,
         "trials_per_round": args.trials,
+        "pinned": {"client_cpu": CLIENT_CPU, "server_cpu": SERVER_CPU} if pinned else None,
         **{name: summary(values) for name, values in results.items()},
         "ratio_median_fwknopd_udp_over_ours": round(
             statistics.median(results[FWKNOPD_UDP]) / ours, 1
@@ -273,6 +292,10 @@ def main() -> int:
         "ratio_median_fwknopd_pcap_over_ours": round(
             statistics.median(results[FWKNOPD_PCAP]) / ours, 1
         ),
+        # The bracket around the figure (probe_knock_open.py's header): the refused SYN just
+        # before the accepted one, and when the accepted connect() returned (the old measure).
+        "last_refused_syn": {name: summary(p.last_refused) for name, p in probed.items()},
+        "connect_returned": {name: summary(p.connect_returned) for name, p in probed.items()},
         # The machine is shared: its load (1-minute average) around the run, and every trial
         # in order (rounds of `trials_per_round`), so a noisy round can be seen.
         "loadavg_1m_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
