@@ -17,7 +17,12 @@
 #   banned; the operator (this process) unbans with `guardian unban` whenever fewer than 6 are
 #   free, so bans keep coming;
 # - rotations: btmp and auth.log renamed away every 30-60 s (a new btmp root:utmp 0660, as
-#   logrotate's `create`), `journalctl --rotate` every 5 min.
+#   logrotate's `create`), `journalctl --rotate` every 5 min, each followed by
+#   `journalctl --vacuum-files=K` with K the most archived files any journal directory held at
+#   the start (what journald's own SystemMaxFiles does, with a smaller number): the machine's
+#   journal keeps its size, and the run keeps as many journal files as it started with.
+#   `--no-journal-vacuum` rotates only (the file count, and sd-journal's fds, then grow by one
+#   per rotation).
 # The load runs in worker processes inside the namespaces (this file, `worker KIND`), so a knock
 # or an SPA packet costs a socket call, not an interpreter start-up.
 #
@@ -621,6 +626,17 @@ class Sampler:
         return row
 
 
+def _archived_journal_files() -> int:
+    """The most archived journal files (NAME@SEQNUM.journal) in any one journal directory."""
+    most = 0
+    for root in (Path("/var/log/journal"), Path("/run/log/journal")):
+        with contextlib.suppress(OSError):
+            for directory in root.iterdir():
+                if directory.is_dir():
+                    most = max(most, sum(1 for f in directory.glob("*@*.journal")))
+    return most
+
+
 def _journal_fds(pid: int) -> dict[str, int]:
     """The fds on journal files apart from the rest: sd_journal keeps every file of the journal
     directory open, archived ones too, so these follow the files on disk (one more per rotation,
@@ -1003,7 +1019,8 @@ def run(args: argparse.Namespace) -> int:
                 ],
             ),
         ]
-        rotations = {"btmp": 0, "authlog": 0, "journal": 0, "journal_errors": 0}
+        rotations = {"btmp": 0, "authlog": 0, "journal": 0, "vacuum": 0, "journal_errors": 0}
+        keep_archived = None if args.no_journal_vacuum else max(1, _archived_journal_files())
         unbans = 0
         deadline = t0 + load_seconds
         next_sample = t0 + args.sample
@@ -1050,6 +1067,12 @@ def run(args: argparse.Namespace) -> int:
                     ["journalctl", "--rotate"], capture_output=True, timeout=30, check=False
                 )
                 rotations["journal" if done.returncode == 0 else "journal_errors"] += 1
+                if keep_archived is not None:
+                    vacuum = [f"--vacuum-files={keep_archived}"]
+                    done = subprocess.run(
+                        ["journalctl", *vacuum], capture_output=True, timeout=30, check=False
+                    )
+                    rotations["vacuum" if done.returncode == 0 else "journal_errors"] += 1
                 next_journal = now + JOURNAL_ROTATE_EVERY
             if now >= next_trace:
                 os.kill(handle.pid, signal.SIGUSR2)  # trace_daemon.py dumps its allocations
@@ -1191,6 +1214,11 @@ def main(argv: Sequence[str]) -> int:
     ap.add_argument("--json", default=str(HERE / "results" / "soak.json"))
     ap.add_argument("--svg", default=str(HERE / "results" / "soak.svg"))
     ap.add_argument("--rsyslog", action="store_true", help="the lab rsyslog writes auth.log")
+    ap.add_argument(
+        "--no-journal-vacuum",
+        action="store_true",
+        help="rotate the journal without vacuuming it (its file count then grows)",
+    )
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
         print("soak.py needs root (network namespaces, nftables)", file=sys.stderr)
