@@ -20,6 +20,7 @@ from guardian.config import (
     parse_tcp_flags,
 )
 from guardian.configfile import ConfigError, is_interface_name, parse_config, toml_string
+from guardian.decimal_text import short_decimal
 
 KNOCKD_SEQ_TIMEOUT = 25  # knockd's defaults, in seconds, for keys a section leaves out
 KNOCKD_CMD_TIMEOUT = 10
@@ -232,7 +233,7 @@ def _sequence(section: _Section, path: str) -> tuple[KnockStep, ...]:
     for item in value.split(","):
         port_text, _, proto_text = item.partition(":")
         proto = proto_text.strip().lower() or "tcp"
-        port = _whole_number(port_text.strip(), 5)
+        port = short_decimal(port_text.strip(), 5)
         if port is None or not 1 <= port <= 65535:
             raise ConfigError(path, line, "Sequence", f"not a port 1..65535: {port_text.strip()!r}")
         if proto not in ("tcp", "udp"):
@@ -253,20 +254,12 @@ def _seconds(section: _Section, key: str, default: int, path: str) -> int:
     if found is None:
         return default
     value, line = found
-    seconds = _whole_number(value, 9)
+    seconds = short_decimal(value, 9)
     if seconds is None or seconds == 0:
         raise ConfigError(
             path, line, _KEY_NAMES[key], f"expected whole seconds above 0, got {value[:40]!r}"
         )
     return seconds
-
-
-def _whole_number(text: str, max_digits: int) -> int | None:
-    """ASCII decimal digits, at most max_digits of them, as a number; else None. str.isdigit()
-    alone also passes "²" (which int() refuses) and 5000 digits (beyond int()'s limit)."""
-    if 0 < len(text) <= max_digits and text.isascii() and text.isdigit():
-        return int(text)
-    return None
 
 
 def _tcp_flags(section: _Section, path: str) -> str | None:

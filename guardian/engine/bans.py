@@ -158,16 +158,6 @@ class BanView:
 # One attempt counts once
 
 
-_ORIGIN_BITS: dict[str, int] = {}  # origin name -> its bit in _Slot.origins
-
-
-def _origin_bit(origin: str) -> int:
-    bit = _ORIGIN_BITS.get(origin)
-    if bit is None:  # a handful of origins exist (journal, btmp, authlog, ...): never many
-        bit = _ORIGIN_BITS[origin] = 1 << len(_ORIGIN_BITS)
-    return bit
-
-
 class _Slot:
     """One attempt of one sshd connection: when it happened, and who reported it (a bit per
     origin: a set here cost ~200 bytes per attempt held)."""
@@ -192,9 +182,18 @@ class AttemptJoiner:
         self.window = window
         self.cap = cap
         self._slots: OrderedDict[JoinKey, list[_Slot]] = OrderedDict()
+        # Origin name -> its bit in _Slot.origins: this joiner's own numbering (no state shared
+        # between engines). A handful of origins exist (journal, btmp, authlog, ...): never many.
+        self._origin_bits: dict[str, int] = {}
 
     def __len__(self) -> int:
         return len(self._slots)
+
+    def _origin_bit(self, origin: str) -> int:
+        bit = self._origin_bits.get(origin)
+        if bit is None:
+            bit = self._origin_bits[origin] = 1 << len(self._origin_bits)
+        return bit
 
     def forget_before(self, horizon: float) -> None:
         """Drop the least recently used keys whose newest attempt is older than `horizon` (log
@@ -221,7 +220,7 @@ class AttemptJoiner:
         else:
             self._slots.move_to_end(key)
         new = 0
-        bit = _origin_bit(event.origin)
+        bit = self._origin_bit(event.origin)
         for _ in range(count):
             for slot in slots:
                 if not slot.origins & bit and abs(slot.at - at) <= self.window:

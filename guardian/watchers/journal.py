@@ -39,6 +39,7 @@ from typing import Any
 
 from systemd import journal
 
+from guardian.decimal_text import short_decimal
 from guardian.watchers import WatcherError
 
 IDENTIFIERS: tuple[str, ...] = ("sshd", "sshd-session")
@@ -427,13 +428,9 @@ def _record(reader: Any) -> JournalRecord:
 
 
 def _small_number(text: str) -> int | None:
-    """A PID or UID field as a number, or None. SYSLOG_PID is whatever the sender wrote: "²"
-    passes str.isdigit() but not int(), and 5000 digits pass both but exceed int()'s limit on
-    long strings, so only short ASCII decimals are numbers here (a forged line must be dropped,
-    never raise into the event loop)."""
-    if 0 < len(text) <= 10 and text.isascii() and text.isdigit():
-        return int(text)
-    return None
+    """A PID or UID field as a number, or None. SYSLOG_PID is whatever the sender wrote: a forged
+    line must be dropped, never raise into the event loop."""
+    return short_decimal(text, 10)
 
 
 def _socket_answers(path: Path) -> bool:
