@@ -19,7 +19,16 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1] / "guardian"
 # (rank, module names; a name also covers its submodules). Higher ranks may import lower ones.
 # The package root (only the version lives there) is the lowest of all.
 LAYERS: tuple[tuple[int, tuple[str, ...]], ...] = (
-    (0, ("guardian", "guardian.addresses", "guardian.events", "guardian.actions")),
+    (
+        0,
+        (
+            "guardian",
+            "guardian.addresses",
+            "guardian.decimal_text",
+            "guardian.events",
+            "guardian.actions",
+        ),
+    ),
     (
         1,
         (
