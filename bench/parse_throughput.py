@@ -3,6 +3,10 @@
 #                 guardian.parsers.authlog_chunk (scan_byte_stream -> scan_text) + SshdDetector,
 #                 in-process, one core; the file read in 1 MiB pieces, as the file follower hands
 #                 them over, each piece's whole lines decoded and scanned
+#   ours, N jobs  the same scan on N cores (guardian.parallel_scan, what `guardian replay` uses):
+#                 the file cut into pieces, each scanned by a forked worker after a warm-up, the
+#                 pieces' detections used once their start state is checked equal to the
+#                 sequential one (exactly the same failures; CPU seconds include the workers')
 #   ours per-line parse_syslog_line + SshdDetector.feed line by line (the reference the bulk path
 #                 must equal; what the watcher and replay used before; one run)
 #   sshguard      `/usr/libexec/sshguard/sshg-parser < FILE` (sshguard 2.4's parser)
@@ -31,8 +35,9 @@ from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 
+from guardian.parallel_scan import ParallelStats, default_jobs, scan_file
 from guardian.parsers.authlog_chunk import scan_byte_stream
-from guardian.parsers.sshd import SshdDetector
+from guardian.parsers.sshd import DetectionKind, SshdDetector
 from guardian.parsers.syslog_line import parse_syslog_line
 
 HERE = Path(__file__).resolve().parent
@@ -40,6 +45,7 @@ SSHG_PARSER = "/usr/libexec/sshguard/sshg-parser"
 CHUNK = 1 << 20  # bytes per read, as a file follower would hand them over
 REFERENCE = datetime(2025, 12, 31, tzinfo=UTC)  # "now" for the generator's traditional stamps
 Timing = tuple[float, float]  # (wall-clock seconds, CPU seconds)
+FAILURES: frozenset[DetectionKind] = frozenset({"failure"})
 
 
 def _clocks() -> tuple[float, float, float]:
@@ -71,6 +77,21 @@ def ours(path: Path) -> tuple[Timing, dict[str, int]]:
                     detections += 1
                     attempts += detection.attempts
     return _since(start), {"failures": detections, "attempts": attempts}
+
+
+def ours_parallel(path: Path, jobs: int) -> tuple[Timing, dict[str, int]]:
+    """scan_file on `jobs` processes, failures only (what replay asks for)."""
+    stats = ParallelStats()
+    detections = attempts = 0
+    start = _clocks()
+    for found in scan_file(path, "normal", REFERENCE, jobs=jobs, kinds=FAILURES, stats=stats):
+        for detection in found:
+            detections += 1
+            attempts += detection.attempts
+    wall, own = _since(start)
+    _, workers = _since(start, child=True)
+    counts = {"failures": detections, "attempts": attempts}
+    return (wall, own + workers), counts | {"pieces_from_workers": stats.from_workers}
 
 
 def ours_per_line(path: Path) -> tuple[Timing, dict[str, int]]:
@@ -118,6 +139,7 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=3, help="rounds of the fast parsers (median)")
     ap.add_argument("--file", default="/tmp/guardian-bench-auth.log")
     ap.add_argument("--json")
+    ap.add_argument("--jobs", type=int, default=default_jobs(), help="for the parallel scan")
     args = ap.parse_args()
     path = Path(args.file)
     subprocess.run(
@@ -130,7 +152,8 @@ def main() -> int:
     found: dict[str, dict[str, int]] = {}
 
     def run(name: str, runner: Callable[[Path], tuple[Timing, dict[str, int]]]) -> None:
-        (wall, cpu), found[name] = runner(path)
+        (wall, cpu), counted = runner(path)
+        found[name] = counted
         times.setdefault(name, []).append((wall, cpu))
         print(
             f"{name}: {lines / wall:,.0f} lines/s ({lines / cpu:,.0f} per CPU second) "
@@ -138,8 +161,10 @@ def main() -> int:
             file=sys.stderr,
         )
 
+    parallel = f"ssh-guardian, {args.jobs} processes"
     for _ in range(args.runs):  # alternating rounds
         run("ssh-guardian", ours)
+        run(parallel, partial(ours_parallel, jobs=args.jobs))
         run("sshg-parser (sshguard)", sshguard)
     run("ssh-guardian per-line", ours_per_line)
     run("fail2ban-regex (sshd filter)", fail2ban)
@@ -162,7 +187,12 @@ def main() -> int:
     for name, res in results.items():
         assert isinstance(res, dict)
         res["ours_vs_this"] = round(rates["ssh-guardian"] / rates[name], 2)
-    results["same_failures_as_per_line"] = found["ssh-guardian"] == found["ssh-guardian per-line"]
+        res["ours_parallel_vs_this"] = round(rates[parallel] / rates[name], 2)
+    per_line = found["ssh-guardian per-line"]
+    results["same_failures_as_per_line"] = found["ssh-guardian"] == per_line
+    results["parallel_same_failures_as_per_line"] = all(
+        found[parallel][key] == per_line[key] for key in per_line
+    )
     results["load_average"] = {
         "before": [round(x, 2) for x in load_before],
         "after": [round(x, 2) for x in load_after],

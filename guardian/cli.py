@@ -321,7 +321,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
             since = time.time() - parse_duration(args.since)
             report = replay_journal(config, since, mode)
         else:
-            report = replay_file(Path(args.file), config, mode)
+            report = replay_file(Path(args.file), config, mode, jobs=args.jobs)
     except (OSError, ValueError) as exc:
         print(f"guardian: replay: {exc}", file=sys.stderr)
         return EXIT_FAIL
@@ -451,6 +451,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-c", "--config", default=None, help="config whose [ban] rules to apply")
     p.add_argument("--json", action="store_true")
     p.add_argument("--show", type=int, default=20, help="bans to list")
+    p.add_argument(
+        "-j",
+        "--jobs",
+        type=int,
+        default=0,
+        help="processes parsing a large auth.log (default: one per CPU; same result either way)",
+    )
     p.set_defaults(func=cmd_replay)
 
     p = sub.add_parser("demo", help="run the narrated lab demo (root; network namespaces)")

@@ -3,6 +3,8 @@
 # through the same parsers and the same pure engine the daemon uses, with time taken from the log
 # itself (each line's own timestamp is both `now` and the wall clock), and reports counts per
 # message rule and the bans it would have made.
+# An auth.log large enough is parsed on several cores (parallel_scan: exactly the sequential
+# scan's failures, in order); the ban engine runs here, in order.
 # Nothing here touches the firewall, the state store or the network.
 from __future__ import annotations
 
@@ -11,7 +13,6 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from functools import partial
 from pathlib import Path
 
 from guardian.actions import Ban
@@ -19,8 +20,9 @@ from guardian.addresses import IPNetwork
 from guardian.config import Config
 from guardian.engine import Engine
 from guardian.events import AuthFailed
-from guardian.parsers.authlog_chunk import ScanCounts, scan_byte_stream
-from guardian.parsers.sshd import SshdDetector
+from guardian.parallel_scan import ParallelStats, scan_file
+from guardian.parsers.authlog_chunk import ScanCounts
+from guardian.parsers.sshd import DetectionKind
 from guardian.parsers.utmp import RECORD_SIZE, parse_utmp
 from guardian.watchers.sshd_log import failure_from
 
@@ -39,6 +41,7 @@ class ReplayReport:
     sources: Counter[str] = field(default_factory=Counter)
     bans: list[tuple[float, Ban]] = field(default_factory=list)
     skipped_no_address: int = 0
+    scan: ParallelStats | None = None  # an auth.log's: how it was read
 
     def banned_networks(self) -> list[IPNetwork]:
         return [ban.network for _, ban in self.bans]
@@ -61,7 +64,17 @@ class ReplayReport:
                 for at, ban in self.bans
             ],
             "skipped_no_address": self.skipped_no_address,
+            **({} if self.scan is None else {"scan": _scan_json(self.scan)}),
         }
+
+
+def _scan_json(stats: ParallelStats) -> dict[str, object]:
+    return {
+        "pieces": stats.pieces,
+        "pieces_from_workers": stats.from_workers,
+        "pieces_rescanned": stats.rescanned,
+        "worker_errors": stats.worker_errors,
+    }
 
 
 def looks_like_btmp(path: Path) -> bool:
@@ -86,24 +99,34 @@ def _drive(report: ReplayReport, config: Config, failures: Iterable[AuthFailed])
                 report.bans.append((at, action))
 
 
-def _authlog_failures(path: Path, mode: str, report: ReplayReport) -> Iterator[AuthFailed]:
+def _authlog_failures(
+    path: Path, mode: str, report: ReplayReport, jobs: int
+) -> Iterator[AuthFailed]:
     """The failures in an auth.log, through the daemon's own bulk parser (authlog_chunk, lines
-    split on "\n" only, invalid UTF-8 replaced, as the auth.log watcher reads them)."""
-    detector = SshdDetector("aggressive" if mode == "aggressive" else "normal")
+    split on "\n" only, invalid UTF-8 replaced, as the auth.log watcher reads them), on up to
+    `jobs` cores (0: all this process may use)."""
     reference = datetime.fromtimestamp(path.stat().st_mtime).astimezone()
     counts = ScanCounts()
-    with path.open("rb") as handle:
-        pieces = iter(partial(handle.read, CHUNK), b"")
-        for detections in scan_byte_stream(pieces, detector, reference, counts=counts):
-            for detection in detections:
-                if detection.kind != "failure":
-                    continue
-                failure = failure_from(detection, "authlog")
-                if failure is None:
-                    report.skipped_no_address += 1
-                else:
-                    yield failure
+    report.scan = ParallelStats()
+    for detections in scan_file(
+        path,
+        "aggressive" if mode == "aggressive" else "normal",
+        reference,
+        jobs=jobs,
+        kinds=_FAILURES,
+        counts=counts,
+        stats=report.scan,
+    ):
+        for detection in detections:
+            failure = failure_from(detection, "authlog")
+            if failure is None:
+                report.skipped_no_address += 1
+            else:
+                yield failure
     report.units = counts.lines
+
+
+_FAILURES: frozenset[DetectionKind] = frozenset({"failure"})
 
 
 def _btmp_failures(path: Path, report: ReplayReport) -> Iterator[AuthFailed]:
@@ -125,14 +148,15 @@ def _btmp_failures(path: Path, report: ReplayReport) -> Iterator[AuthFailed]:
                 )
 
 
-def replay_file(path: Path, config: Config, mode: str = "normal") -> ReplayReport:
-    """Replay an auth.log (text) or a btmp file (binary), told apart by their content."""
+def replay_file(path: Path, config: Config, mode: str = "normal", *, jobs: int = 0) -> ReplayReport:
+    """Replay an auth.log (text) or a btmp file (binary), told apart by their content; an
+    auth.log is parsed on up to `jobs` cores (0: all this process may use, 1: this one)."""
     if looks_like_btmp(path):
         report = ReplayReport("btmp")
         _drive(report, config, _btmp_failures(path, report))
     else:
         report = ReplayReport("authlog")
-        _drive(report, config, _authlog_failures(path, mode, report))
+        _drive(report, config, _authlog_failures(path, mode, report, jobs))
     return report
 
 

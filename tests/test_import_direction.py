@@ -64,6 +64,7 @@ LAYERS: tuple[tuple[int, tuple[str, ...]], ...] = (
             "guardian.sshd_probe",
             "guardian.notify",
             "guardian.journal_log",
+            "guardian.parallel_scan",  # the parsers on several cores (forked workers)
         ),
     ),
     (

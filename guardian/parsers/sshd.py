@@ -19,11 +19,17 @@
 # Memory is bounded: at most `max_connections` PIDs (least recently used go first), each at most
 # `max_age` seconds after its last line, a few users and held attempts each.
 #
+# The age check runs at the first line of each new whole second of log time (not one second after
+# the previous check): its schedule then depends on the lines alone, so two detectors fed the same
+# recent lines reach the same state whatever they saw long before — what lets a file be scanned in
+# parallel pieces and each piece's start state be checked exactly (state(), parallel_scan).
+#
 # Speed (a 1 GB auth.log is millions of lines): feed_fields() is the rules' one entry point —
 # feed() and feed_message() unpack into it, and the bulk scanner (authlog_chunk) calls it with a
 # line's fields straight from its regex, building no SshdMessage; Detection is a NamedTuple.
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from typing import Literal, NamedTuple, TypeAlias
 
@@ -33,6 +39,7 @@ from guardian.parsers.sshd_messages import Kind, Mode, SshdMessage, parse_messag
 __all__ = [
     "Detection",
     "DetectionKind",
+    "DetectorState",
     "Kind",
     "Mode",
     "SshdDetector",
@@ -47,7 +54,8 @@ _MAX_HELD = 32
 _MAX_PENDING = 32
 # Sessions whose sshd said "Disconnected"/"Received disconnect", kept for PAM's "session closed"
 # line that follows (it names no address). The two are consecutive lines of one process, so a
-# short ring suffices; without PAM nothing follows and the ring forgets them.
+# short ring suffices; without PAM nothing follows and the ring forgets them (the oldest beyond
+# 256, and any older than max_age).
 _MAX_ENDED = 256
 _PAM_HELD = "pam_unix_auth_failure"
 _PAM_SESSION_CLOSED = "pam_session_closed"
@@ -104,6 +112,31 @@ class _Connection:
 
 # An authenticated session's (source, host_name, port, user): a plain tuple, unpacked by index.
 _Session: TypeAlias = tuple[IPAddress | None, str | None, int | None, str | None]
+# A session in the _ended ring, and the log time its first close line came (None: untimed).
+_Ended: TypeAlias = tuple[_Session, float | None]
+# What state() returns: everything the rules' future output depends on, in plain values.
+_ConnectionState: TypeAlias = tuple[
+    IPAddress | None,  # source
+    str | None,  # host_name
+    int | None,  # port
+    tuple[str, ...],  # users
+    tuple[tuple[str | None, bool], ...],  # held
+    int,  # pending
+    str,  # pending_rule
+    bool,  # pending_exhausted
+    float | None,  # seen
+]
+DetectorState: TypeAlias = tuple[
+    Mode,
+    int,  # max_connections
+    float,  # max_age
+    int,  # max_sessions
+    float | None,  # the latest log time
+    float,  # the next age check
+    tuple[tuple[int, _ConnectionState], ...],
+    tuple[tuple[int, _Session], ...],
+    tuple[tuple[int, _Ended], ...],
+]
 
 
 class SshdDetector:
@@ -128,9 +161,9 @@ class SshdDetector:
         self.max_sessions = max_sessions
         self._connections: OrderedDict[int, _Connection] = OrderedDict()
         self._latest: float | None = None  # the latest wall time fed
-        self._next_expiry = float("-inf")  # log time of the next age check (at most once a second)
+        self._next_expiry = float("-inf")  # log time of the next age check (once a log second)
         self._sessions: OrderedDict[int, _Session] = OrderedDict()
-        self._ended: OrderedDict[int, _Session] = OrderedDict()  # see _MAX_ENDED
+        self._ended: OrderedDict[int, _Ended] = OrderedDict()  # see _MAX_ENDED
 
     @property
     def tracked(self) -> int:
@@ -141,6 +174,39 @@ class SshdDetector:
     def sessions_held(self) -> int:
         """How many authenticated sessions' details are held (open ones, and the _ended ring)."""
         return len(self._sessions) + len(self._ended)
+
+    def state(self) -> DetectorState:
+        """Everything this detector's future detections depend on besides the lines to come,
+        as plain comparable, picklable values: two detectors (same mode and limits) with equal
+        states give the same detections for the same lines. parallel_scan checks with it that a
+        piece scanned from a warm-up reached the state the scan before it left."""
+        return (
+            self.mode,
+            self.max_connections,
+            self.max_age,
+            self.max_sessions,
+            self._latest,
+            self._next_expiry,
+            tuple((pid, _connection_state(conn)) for pid, conn in self._connections.items()),
+            tuple(self._sessions.items()),
+            tuple(self._ended.items()),
+        )
+
+    def restore(self, state: DetectorState) -> None:
+        """Take over a state() of another detector (same mode and limits, else ValueError)."""
+        limits, (latest, next_expiry, conns, sessions, ended) = state[:4], state[4:]
+        if limits != (self.mode, self.max_connections, self.max_age, self.max_sessions):
+            raise ValueError("a state of a detector with another mode or other limits")
+        self._latest = latest
+        self._next_expiry = next_expiry
+        self._connections = OrderedDict((pid, _connection_from(fields)) for pid, fields in conns)
+        self._sessions = OrderedDict(sessions)
+        self._ended = OrderedDict(ended)
+
+    @property
+    def latest(self) -> float | None:
+        """The latest log time fed (None before the first timed line)."""
+        return self._latest
 
     def feed(
         self, pid: int | None, message: str, wall_time: float | None = None
@@ -191,7 +257,7 @@ class SshdDetector:
             self._latest = wall_time
             if wall_time >= self._next_expiry:
                 self._expire(wall_time)
-                self._next_expiry = wall_time + 1.0
+                self._next_expiry = math.floor(wall_time) + 1.0
         if kind == "session_closed":
             # With PAM, "session closed" is the session's last line (after "Received
             # disconnect" and "Disconnected from user"); without PAM those two are. The first
@@ -202,21 +268,26 @@ class SshdDetector:
             session = self._sessions.pop(pid, None)
             if rule == _PAM_SESSION_CLOSED:
                 if session is None:
-                    session = self._ended.pop(pid, None)
+                    ended = self._ended.pop(pid, None)
+                    if ended is not None:
+                        session = ended[0]
             elif session is not None:
                 ring = self._ended
-                ring[pid] = session
+                ring.pop(pid, None)  # (a reused PID's old entry: the new one goes to the end)
+                ring[pid] = (session, self._latest)
                 if len(ring) > _MAX_ENDED:
                     ring.popitem(last=False)
             else:
-                session = self._ended.get(pid)
+                ended = self._ended.get(pid)
+                if ended is not None:
+                    session = ended[0]
             if session is not None:
                 if source is None and host_name is None:
                     source, host_name, port = session[0], session[1], session[2]
                 if user is None:
                     user = session[3]
-            ended = ("session_closed", rule, source, port, user, pid, wall_time, 1, host_name, None)
-            return [_new(Detection, ended)]
+            closed = ("session_closed", rule, source, port, user, pid, wall_time, 1, host_name)
+            return [_new(Detection, (*closed, None))]
         if kind == "success":
             return self._accepted(pid, rule, source, port, user, method, host_name, wall_time)
 
@@ -362,7 +433,7 @@ class SshdDetector:
             self._latest = wall_time
             if wall_time >= self._next_expiry:
                 self._expire(wall_time)
-                self._next_expiry = wall_time + 1.0
+                self._next_expiry = math.floor(wall_time) + 1.0
 
     @staticmethod
     def _failure(
@@ -393,8 +464,14 @@ class SshdDetector:
             self._connections.popitem(last=False)
 
     def _expire(self, now: float) -> None:
-        # Least recently used first, so the oldest lines are at the front.
+        # Least recently used first, so the oldest lines are at the front (of the ring too).
         horizon = now - self.max_age
+        ring = self._ended
+        while ring:
+            at = next(iter(ring.values()))[1]
+            if at is None or at >= horizon:
+                break
+            ring.popitem(last=False)
         connections = self._connections
         while connections:
             pid = next(iter(connections))
@@ -402,6 +479,24 @@ class SshdDetector:
             if seen is None or seen >= horizon:
                 return
             del connections[pid]
+
+
+def _connection_from(fields: _ConnectionState) -> _Connection:
+    conn = _Connection()
+    (
+        conn.source, conn.host_name, conn.port, users, held, conn.pending, conn.pending_rule,
+        conn.pending_exhausted, conn.seen,
+    ) = fields  # fmt: skip
+    conn.users = list(users)
+    conn.held = list(held)
+    return conn
+
+
+def _connection_state(conn: _Connection) -> _ConnectionState:
+    return (
+        conn.source, conn.host_name, conn.port, tuple(conn.users), tuple(conn.held), conn.pending,
+        conn.pending_rule, conn.pending_exhausted, conn.seen,
+    )  # fmt: skip
 
 
 def _consume_pam(held: list[tuple[str | None, bool]], user: str | None) -> None:
