@@ -907,12 +907,13 @@ def _operator_unban(lab: Any, socket_path: Path, pool: set[str]) -> int:
     return done
 
 
-def _trace_daemon(directory: Path) -> None:
+def _trace_daemon(directory: Path, light: bool) -> None:
     """Make start_guardian run the daemon under bench/trace_daemon.py (allocation dumps)."""
     from guardian.lab import guardian_proc
 
     directory.mkdir(parents=True, exist_ok=True)
     os.environ["GUARDIAN_TRACE_DIR"] = str(directory.resolve())
+    os.environ["GUARDIAN_TRACE_MODE"] = "light" if light else "full"
     wrapper = str(HERE / "trace_daemon.py")
 
     def traced_argv(config_path: Path, extra_args: Sequence[str] = ()) -> list[str]:
@@ -972,7 +973,7 @@ def run(args: argparse.Namespace) -> int:
         config = CONFIG.format(ssh_port=SSH_PORT, spa_port=SPA_PORT, key=key, hmac=hmac)
         state_path = lab.workdir / "state-server.db"
         if args.trace:
-            _trace_daemon(Path(args.trace))
+            _trace_daemon(Path(args.trace), args.trace_light)
         handle = start_guardian(lab, config, ready_timeout=30.0)
         print(f"lab {lab.name}: guardian pid {handle.pid}, load for {minutes:g} min", flush=True)
         t0 = time.monotonic()
@@ -1211,6 +1212,12 @@ def main(argv: Sequence[str]) -> int:
         "directory every --trace-every seconds (for bench/trace_compare.py)",
     )
     ap.add_argument("--trace-every", type=float, default=120.0)
+    ap.add_argument(
+        "--trace-light",
+        action="store_true",
+        help="with --trace: no tracemalloc (it grows the heap itself); objects by type, the "
+        "largest containers and the small-object allocator's statistics instead",
+    )
     ap.add_argument("--json", default=str(HERE / "results" / "soak.json"))
     ap.add_argument("--svg", default=str(HERE / "results" / "soak.svg"))
     ap.add_argument("--rsyslog", action="store_true", help="the lab rsyslog writes auth.log")

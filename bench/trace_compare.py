@@ -1,5 +1,7 @@
 # Compare two dumps of bench/trace_daemon.py: where Python memory grew (tracemalloc, grouped by
-# traceback) and how the C heap and the process's anonymous memory moved between them.
+# traceback) and how the C heap and the process's anonymous memory moved between them. For dumps
+# of the light mode (no tracemalloc): live objects by type, the largest containers, and the
+# small-object allocator's arenas and block bytes.
 #
 #   .venv/bin/python bench/trace_compare.py DIR [FIRST LAST] [--top 15]
 from __future__ import annotations
@@ -8,6 +10,7 @@ import argparse
 import json
 import tracemalloc
 from pathlib import Path
+from typing import Any
 
 
 def main() -> int:
@@ -31,6 +34,9 @@ def main() -> int:
     for key in ("Anonymous", "Rss", "Private_Dirty"):
         va, vb = a["smaps_kib"].get(key, 0), b["smaps_kib"].get(key, 0)
         print(f"  smaps {key:14} {va:10} -> {vb:10} KiB  ({vb - va:+})")
+    if "by_type" in b:
+        _light(a, b, args.top)
+        return 0
     first = tracemalloc.Snapshot.load(str(args.dir / f"snapshot-{args.first}.pickle"))
     second = tracemalloc.Snapshot.load(str(args.dir / f"snapshot-{last}.pickle"))
     ignore = [tracemalloc.Filter(False, tracemalloc.__file__)]
@@ -44,6 +50,26 @@ def main() -> int:
         for line in stat.traceback.format()[-8:]:
             print("   ", line)
     return 0
+
+
+def _light(a: dict[str, Any], b: dict[str, Any], top: int) -> None:
+    print(f"\nlive objects {a['objects']} -> {b['objects']} ({b['objects'] - a['objects']:+})")
+    for key in sorted(set(a["obmalloc"]) | set(b["obmalloc"])):
+        va, vb = a["obmalloc"].get(key, 0), b["obmalloc"].get(key, 0)
+        if va != vb:
+            print(f"  obmalloc {key:45} {va:>12} -> {vb:>12} ({vb - va:+})")
+    grown = {
+        name: b["by_type"].get(name, 0) - a["by_type"].get(name, 0)
+        for name in set(a["by_type"]) | set(b["by_type"])
+    }
+    print(f"\nobject counts that changed most (top {top}):")
+    for name, diff in sorted(grown.items(), key=lambda item: -abs(item[1]))[:top]:
+        print(f"  {diff:+8}  {name} (now {b['by_type'].get(name, 0)})")
+    print("\nlargest containers, first -> last dump:")
+    before = {(c["type"], c["holder"]): c["len"] for c in a["largest"]}
+    for c in b["largest"][:top]:
+        print(f"  {c['len']:>8} (was {before.get((c['type'], c['holder']), '?')})  "
+              f"{c['type']} {c['holder']}")  # fmt: skip
 
 
 if __name__ == "__main__":
