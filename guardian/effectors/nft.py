@@ -16,7 +16,7 @@ from typing import Any
 import nftables  # Debian's python3-nftables; reachable from a --system-site-packages venv
 
 from guardian.actions import Action
-from guardian.addresses import IPAddress, IPNetwork, parse_address
+from guardian.addresses import IPAddress, IPNetwork, networks_from_ints, parse_address
 from guardian.config import DEFAULT_IPV6_PREFIX, DEFAULT_PORTS, TABLE_NAME, Config
 from guardian.effectors.nft_dump import DumpError, SetDumper
 from guardian.effectors.nft_rules import (
@@ -174,13 +174,13 @@ class NftEffector:
             elements = self._dumper.elements(TABLE_NAME, name)
         except DumpError as exc:
             raise NftError(f"cannot list set {name}: {exc.strerror or exc}") from exc
-        if prefix is None:
-            v4 = ipaddress.IPv4Network
-            return [(v4(key), None if left is None else left / 1000) for key, left in elements]
-        v6 = ipaddress.IPv6Network
+        keys = [key for key, _ in elements]
+        networks = networks_from_ints(4, 32, keys) if prefix is None else (
+            networks_from_ints(6, prefix, keys)
+        )  # fmt: skip
         return [
-            (v6((key, prefix), strict=False), None if left is None else left / 1000)
-            for key, left in elements
+            (network, None if left is None else left / 1000)
+            for network, (_, left) in zip(networks, elements, strict=True)
         ]
 
     def _interval_bans(self, name: str) -> list[ListedBan]:
