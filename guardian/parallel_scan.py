@@ -15,8 +15,10 @@
 #     returns its state at the start of its piece (SshdDetector.state()), and its piece's
 #     detections are used only if that equals the state at the end of the piece before (the first
 #     piece starts fresh). The detector is deterministic, so equal states and equal lines mean
-#     equal detections. When the states differ (an authenticated session open across the cut: those
-#     have no age limit), this process scans that piece itself, from the exact state. Either way
+#     equal detections. Authenticated sessions have no age limit, so one opened before a warm-up
+#     and still open (an admin's week-long session) is the one difference a warm-up cannot
+#     remove: _reconciled accepts it when the piece provably never looks at it. When the states
+#     differ otherwise, this process scans that piece itself, from the exact state. Either way
 #     the result is the sequential scan's; only the speed differs (ParallelStats says which
 #     pieces were taken from the workers).
 #   * Every piece is read on the same 1 MiB grid of file offsets as the sequential reader, so a
@@ -49,6 +51,7 @@ __all__ = ["CHUNK", "ParallelStats", "cut_points", "default_jobs", "scan_file"]
 
 CHUNK = 1 << 20  # bytes per read, on the grid of file offsets every reader here keeps
 FIRST_WARMUP = 1 << 20  # bytes of warm-up tried first; quadrupled until it spans enough log time
+MAX_WARMUP = 64 << 20  # ... or until this (a log without usable times never spans any)
 MIN_PIECE = 8 << 20  # a smaller file (or share of one) is not worth a process
 MAX_PIECE = 128 << 20  # bounds what a worker holds (~130k failures from a brute-force log)
 
@@ -59,6 +62,7 @@ class ParallelStats:
 
     pieces: int = 0
     from_workers: int = 0  # pieces whose worker's start state matched: its detections used
+    reconciled: int = 0  # of those, matched but for older open sessions (_reconciled)
     rescanned: int = 0  # pieces scanned again here (state differed, or the worker failed)
     warmup_bytes: list[int] = field(default_factory=list)  # per worker piece
     worker_errors: list[str] = field(default_factory=list)
@@ -132,9 +136,10 @@ def scan_file(
             child.join()
             if k + jobs < stats.pieces:
                 start(k + jobs)  # (before this piece is used: it runs while the caller consumes)
-            if outcome is not None and outcome.start_state == detector.state():
+            end_state = None if outcome is None else _end_state(detector, outcome, stats)
+            if outcome is not None and end_state is not None:
                 stats.from_workers += 1
-                detector.restore(outcome.end_state)
+                detector.restore(end_state)
                 if counts is not None:
                     _add_counts(counts, outcome.counts)
                 yield _unpack(outcome.addresses, outcome.rows)
@@ -148,6 +153,41 @@ def scan_file(
             if child.is_alive():
                 child.kill()
             child.join()
+
+
+def _end_state(
+    detector: SshdDetector, outcome: _Outcome, stats: ParallelStats
+) -> DetectorState | None:
+    """The state the sequential scan has after the worker's piece, when the worker's detections
+    are the sequential ones; None when they may not be (the piece must be rescanned)."""
+    state = detector.state()
+    if outcome.start_state == state:
+        return outcome.end_state
+    reconciled = _reconciled(state, outcome, detector.max_sessions)
+    stats.reconciled += reconciled is not None
+    return reconciled
+
+
+def _reconciled(state: DetectorState, outcome: _Outcome, max_sessions: int) -> DetectorState | None:
+    """The one difference a warm-up cannot remove: authenticated sessions opened before it and
+    still open (they never age out; an admin's week-long session). If the exact state is the
+    worker's start state plus such older sessions in front, and the piece has no line of those
+    PIDs that reads or writes sessions (success, session end), and the sessions never reach
+    max_sessions (nothing is evicted), then they lie untouched through the piece: the
+    detections are the worker's, and the end state is the worker's with them in front."""
+    start = outcome.start_state
+    if state[:7] != start[:7] or state[8:] != start[8:]:
+        return None
+    sessions, known = state[7], start[7]
+    older = len(sessions) - len(known)
+    if older <= 0 or sessions[older:] != known:
+        return None
+    if any(pid in outcome.session_pids for pid, _ in sessions[:older]):
+        return None
+    if len(known) + outcome.successes > max_sessions - older:
+        return None
+    end = outcome.end_state
+    return (*end[:7], sessions[:older] + end[7], *end[8:])
 
 
 def _receive(k: int, receiver: Connection, stats: ParallelStats) -> _Outcome | None:
@@ -191,6 +231,8 @@ class _Outcome:
     rows: list[_Row]  # the detections, the source as an index into `addresses`
     counts: ScanCounts
     warmup_bytes: int
+    session_pids: set[int]  # PIDs of the piece's success and session-end lines
+    successes: int  # its success lines (each adds at most one session)
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,29 +281,33 @@ def _scan_piece(job: _Job) -> _Outcome:
             and latest is not None
             and latest - first_time > detector.max_age + 60
         )
-        if begin == 0 or spans or warmup >= start:
+        if begin == 0 or spans or warmup >= MAX_WARMUP:
             break
         warmup *= 4
     start_state = detector.state()
     counts = ScanCounts()
-    addresses: list[IPAddress | None] = []
-    rows: list[_Row] = []
+    outcome = _Outcome(start_state, start_state, [], [], counts, start - begin, set(), 0)
     index: dict[IPAddress | None, int] = {}
-    kinds = job.kinds
     for found in _scan_range(path, start, job.stop, detector, job.reference, counts):
-        _pack(found, kinds, addresses, index, rows)
-    return _Outcome(start_state, detector.state(), addresses, rows, counts, start - begin)
+        _pack(found, job.kinds, outcome, index)
+    outcome.end_state = detector.state()
+    return outcome
 
 
 def _pack(
     found: list[Detection],
     kinds: frozenset[DetectionKind] | None,
-    addresses: list[IPAddress | None],
+    outcome: _Outcome,
     index: dict[IPAddress | None, int],
-    rows: list[_Row],
 ) -> None:
-    """Detections as plain tuples, the source replaced by its index in `addresses`."""
+    """Detections as plain tuples into outcome.rows, the source replaced by its index in
+    outcome.addresses; the PIDs whose sessions the piece touched noted (_reconciled)."""
+    addresses, rows, session_pids = outcome.addresses, outcome.rows, outcome.session_pids
     for detection in found:
+        if detection.kind != "failure":  # success or session_closed: the only kinds whose
+            if detection.pid is not None:  # lines read or write the detector's sessions
+                session_pids.add(detection.pid)
+            outcome.successes += detection.kind == "success"
         if kinds is not None and detection.kind not in kinds:
             continue
         source = detection.source

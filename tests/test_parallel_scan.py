@@ -122,24 +122,65 @@ def _attack(second: int, pid: int, rng: random.Random) -> str:
     )
 
 
-@pytest.mark.usefixtures("small_pieces")
-def test_a_session_open_across_a_cut_is_rescanned_and_still_exact(tmp_path: Path) -> None:
-    """An Accepted at the very start, its close at the very end: the sequential state holds
-    the session at every cut, no warm-up can know it, so every worker piece is rescanned here
-    and the close still names the session's address and user."""
+def _long_session_log(path: Path, *, closed: bool, logins: int = 0) -> None:
+    """An Accepted on the first line; ~4.5 MB of brute force (so that no warm-up reaches back
+    to it), with `logins` short sessions among it; the session's end on the last lines if
+    `closed`."""
     rng = random.Random(3)
     parts = [_line(0, 77, "Accepted publickey for alice from 192.0.2.7 port 50000 ssh2")]
-    # ~4.5 MB, so that no warm-up reaches back to the first line.
-    parts += [_attack(1 + i // 4, 1000 + i, rng) for i in range(30_000)]
-    parts.append(_line(8000, 77, "Received disconnect from 192.0.2.7 port 50000:11: bye"))
-    parts.append(_line(8000, 77, "pam_unix(sshd:session): session closed for user alice"))
-    path = tmp_path / "auth.log"
+    for i in range(30_000):
+        parts.append(_attack(1 + i // 4, 1000 + i, rng))
+        if logins and i % (30_000 // logins) == 15_000 // logins:
+            pid, second = 50_000 + i, 1 + i // 4
+            parts.append(_line(second, pid, "Accepted password for bob from 192.0.2.8 port 2 ssh2"))
+            parts.append(_line(second, pid, "pam_unix(sshd:session): session closed for user bob"))
+    if closed:
+        parts.append(_line(8000, 77, "Received disconnect from 192.0.2.7 port 50000:11: bye"))
+        parts.append(_line(8000, 77, "pam_unix(sshd:session): session closed for user alice"))
     path.write_text("".join(parts))
+
+
+@pytest.mark.usefixtures("small_pieces")
+def test_a_session_open_across_cuts_is_carried_over_the_pieces_that_never_see_it(
+    tmp_path: Path,
+) -> None:
+    """The sequential state holds alice's session at every cut; no warm-up can know it. The
+    middle piece has no line of its PID: its detections are used all the same (reconciled).
+    The last piece ends the session: it is rescanned here, and the end names alice's address
+    from the Accepted line far back."""
+    path = tmp_path / "auth.log"
+    _long_session_log(path, closed=True)
     stats = assert_same_as_sequential(path, 3)
-    assert stats.rescanned == stats.pieces - 1 and stats.from_workers == 1, stats
+    assert (stats.from_workers, stats.reconciled, stats.rescanned) == (2, 1, 1), stats
     assert all(0 < w < 2 << 20 for w in stats.warmup_bytes[1:]), stats
     closes = [d for d in sequential(path)[0] if d.kind == "session_closed"]
     assert [(str(d.source), d.user) for d in closes] == [("192.0.2.7", "alice")] * 2
+
+
+@pytest.mark.usefixtures("small_pieces")
+def test_a_session_open_to_the_end_costs_no_rescan(tmp_path: Path) -> None:
+    path = tmp_path / "auth.log"
+    _long_session_log(path, closed=False, logins=30)
+    stats = assert_same_as_sequential(path, 4)
+    assert (stats.from_workers, stats.reconciled, stats.rescanned) == (4, 3, 0), stats
+    assert sequential(path)[2].sessions_held == 1  # alice's, to the end
+
+
+@pytest.mark.usefixtures("small_pieces")
+def test_no_reconciling_when_sessions_could_be_evicted(tmp_path: Path) -> None:
+    """With room for 4 sessions and more logins than that in a piece, the sequential scan
+    could evict the old session where the worker's would not: those pieces are rescanned."""
+    path = tmp_path / "auth.log"
+    _long_session_log(path, closed=False, logins=30)
+    detector, stats = SshdDetector(max_sessions=4), ParallelStats()
+    scan = scan_file(path, reference=REFERENCE, jobs=3, stats=stats, detector=detector)
+    got = [d for ds in scan for d in ds]
+    reference = SshdDetector(max_sessions=4)
+    with path.open("rb") as handle:
+        chunks = iter(partial(handle.read, parallel_scan.CHUNK), b"")
+        want = [d for ds in scan_byte_stream(chunks, reference, REFERENCE) for d in ds]
+    assert got == want and detector.state() == reference.state()
+    assert (stats.from_workers, stats.reconciled, stats.rescanned) == (1, 0, 2), stats
 
 
 @pytest.mark.usefixtures("small_pieces")
@@ -264,3 +305,23 @@ def test_replay_on_several_cores_reports_what_one_core_reports(tmp_path: Path) -
     }  # fmt: skip
     assert one == three
     assert one["failures"] > 1000 and one["bans"]
+
+
+@pytest.mark.usefixtures("small_pieces")
+def test_a_log_without_usable_times_stops_growing_its_warm_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Traditional stamps and no reference: no line has a time, so no warm-up ever "spans"
+    the detector's memory; it stops at MAX_WARMUP and the state check decides."""
+    monkeypatch.setattr(parallel_scan, "MAX_WARMUP", 64 << 10)
+    path = tmp_path / "auth.log"
+    path.write_text(generated(tmp_path, seed=21, lines=30_000))
+    detector, stats = SshdDetector(), ParallelStats()
+    got = [d for ds in scan_file(path, jobs=3, stats=stats, detector=detector) for d in ds]
+    reference = SshdDetector()
+    with path.open("rb") as handle:
+        chunks = iter(partial(handle.read, parallel_scan.CHUNK), b"")
+        want = [d for ds in scan_byte_stream(chunks, reference) for d in ds]
+    assert got == want and detector.state() == reference.state()
+    assert all(w <= 64 << 10 for w in stats.warmup_bytes), stats
+    assert stats.pieces == 3 and all(d.wall_time is None for d in got)
