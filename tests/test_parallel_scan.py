@@ -14,6 +14,8 @@ from functools import partial
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
 
 from guardian import parallel_scan
 from guardian.config import Config
@@ -21,7 +23,7 @@ from guardian.parallel_scan import ParallelStats, cut_points, scan_file
 from guardian.parsers.authlog_chunk import MAX_LINE, ScanCounts, scan_byte_stream
 from guardian.parsers.sshd import Detection, DetectionKind, Mode, SshdDetector
 from guardian.replay import replay_file
-from tests.test_authlog_chunk import ADVERSARIAL, generated
+from tests.test_authlog_chunk import _LINE, ADVERSARIAL, generated
 
 REFERENCE = datetime(2025, 12, 31, tzinfo=UTC)
 
@@ -325,3 +327,26 @@ def test_a_log_without_usable_times_stops_growing_its_warm_up(
     assert got == want and detector.state() == reference.state()
     assert all(w <= 64 << 10 for w in stats.warmup_bytes), stats
     assert stats.pieces == 3 and all(d.wall_time is None for d in got)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(lines=st.lists(_LINE, min_size=20, max_size=120), jobs=st.integers(2, 4))
+def test_random_logs_in_tiny_pieces_are_the_sequential_scan(
+    tmp_path_factory: pytest.TempPathFactory, lines: list[str], jobs: int
+) -> None:
+    """Lines assembled from sshd's fragments (test_authlog_chunk's), cut into pieces of a few
+    hundred bytes with warm-ups of a few lines: whatever the workers conclude, the result is
+    the sequential scan's, in both modes."""
+    path = tmp_path_factory.mktemp("random") / "auth.log"
+    path.write_bytes("\n".join(lines).encode("utf-8", "surrogatepass"))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(parallel_scan, "MIN_PIECE", 64)
+        patch.setattr(parallel_scan, "FIRST_WARMUP", 32)
+        for mode in ("normal", "aggressive"):
+            want, want_counts, want_detector = sequential(path, mode)  # type: ignore[arg-type]
+            got, counts, detector, stats = parallel(path, jobs, mode)  # type: ignore[arg-type]
+            assert got == want
+            assert counts == want_counts
+            assert detector.state() == want_detector.state()
+            assert not stats.worker_errors
+            event(f"{stats.pieces} pieces, {stats.from_workers} from workers")
