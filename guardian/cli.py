@@ -316,6 +316,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
             return EXIT_USAGE
         config = loaded
     mode = args.mode or config.ban.mode
+    if args.jobs < 0:
+        print("guardian: replay: --jobs must be 0 (every CPU) or more", file=sys.stderr)
+        return EXIT_USAGE
     try:
         if args.journal:
             since = time.time() - parse_duration(args.since)

@@ -395,6 +395,18 @@ def test_replay_prints_counts_per_rule_and_the_bans(authlog: Path, tmp_path: Pat
     assert re.search(r"^would ban \d+ time\(s\), \d+ source\(s\)$", done.stdout, re.M)
 
 
+def test_replay_jobs_must_not_be_negative(authlog: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "guardian", "replay", str(authlog), "--jobs", "-1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+        check=False,
+    )
+    assert done.returncode == 2 and "--jobs" in done.stderr and not done.stdout
+
+
 def test_replay_reads_an_authlog_as_the_daemon_does(tmp_path: Path) -> None:
     """Replay reads auth.log with the auth.log watcher's bulk parser: lines split on "\\n" only,
     invalid UTF-8 replaced, every format the per-line parser knows. The reference here is that
