@@ -21,6 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from guardian.parsers import authlog_chunk
 from guardian.parsers.authlog_chunk import (
     ScanCounts,
     scan_byte_chunks,
@@ -450,3 +451,22 @@ def test_random_text_never_raises_and_stays_equivalent(text: str, data: st.DataO
     for mode in MODES:
         scan_chunk(text, SshdDetector(mode), UTC_REFERENCE, final=True, counts=counts)
     assert counts.errors == 0
+
+
+def test_only_messages_without_a_client_port_are_memoised() -> None:
+    """A message carrying a client port never repeats: memoising it only filled the memo (the
+    soak's saw tooth). Port-less messages repeat and are memoised; both parse the same."""
+    memo = authlog_chunk._memos["normal"]
+    memo.clear()
+    with_port = [
+        f"Nov 21 08:00:0{i} h sshd[{100 + i}]: Timeout before authentication for 192.0.2.{i} "
+        f"port {4000 + i}"
+        for i in range(5)
+    ]
+    without = "error: kex_exchange_identification: Connection closed by remote host"
+    lines = [*with_port, *(f"Nov 21 08:00:09 h sshd[{200 + i}]: {without}" for i in range(3))]
+    text = "\n".join(lines) + "\n"
+    assert_equivalent(text)
+    memo.clear()
+    scan_chunk(text, SshdDetector("normal"), UTC_REFERENCE)
+    assert list(memo) == [without]
