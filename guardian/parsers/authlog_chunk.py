@@ -146,8 +146,8 @@ _CONNECTION_RULES = {
 # repeat verbatim (no port in them); most sshd messages carry a client port and never repeat, so
 # they are not memoised at all: they only filled the memo (the soak saw it grow for half an hour,
 # then refill after each emptying: a saw tooth of ~1,000 dead entries that kept the allocator
-# carving new pools). 1,024 holds every repeating message of a brute force. Log time moves forward, so a few hundred seconds and
-# minutes cover all the lines that can still share one.
+# carving new pools). 1,024 holds every repeating message of a brute force. Log time moves
+# forward, so a few hundred seconds and minutes cover all the lines that can still share one.
 _MEMO_LIMIT = 1024  # messages per memo
 _TIME_MEMO_LIMIT = 256  # seconds (and minutes) per timestamp memo
 _MEMO_TEXT = 256  # longest message memoised
