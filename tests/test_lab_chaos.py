@@ -49,7 +49,8 @@
 # - Cost: about 2.5 min for 55 cycles on the 2-core CI machine (a daemon start is 0.4-2 s of it).
 #   `pytest -s` prints the seed and a summary (kills, grants judged and by what, bans).
 #   GUARDIAN_CHAOS_CYCLES=N runs longer; the scratch fault injections this was tried with (an
-#   element added or removed by hand, a session reset with `ss -K`) each failed the check.
+#   element added or removed by hand, a session reset with `ss -K`, every kernel timeout given
+#   1.5 s shorter than the engine records) each failed the check.
 from __future__ import annotations
 
 import contextlib
@@ -457,7 +458,12 @@ def agree(
 ) -> list[str]:
     """The kernel (the check's two listings) against the daemon's deadlines (wall clock; None:
     none). compare(key, k_lo, k_hi, deadline) judges an element both have; what only one of them
-    has must be at its end (within NEAR), or have changed between the two listings."""
+    has must be at its end (within NEAR), or have changed between the two listings.
+
+    The snapshot is taken between the listings, and a timer can fire in between (an in-session
+    grant's lease refresh comes every lease / 2): the daemon's deadline then matches the second
+    listing, not the first. So an element is judged on [its end in the first listing that holds
+    it, its end in the last]; an element no timer touched has the same end in both."""
     problems = []
     for key in sorted(set(first) | set(second) | set(engine)):
         deadline = engine.get(key)
@@ -468,7 +474,9 @@ def agree(
             if second[key][0] > obs.taken + NEAR:
                 problems.append(f"{kind} {key} in the kernel {second[key]}, not in the daemon")
         elif key in engine:
-            problems += compare(key, *(first.get(key) or second[key]), deadline)
+            lo = (first.get(key) or second[key])[0]
+            hi = (second.get(key) or first[key])[1]
+            problems += compare(key, lo, hi, deadline)
     return problems
 
 
