@@ -111,6 +111,21 @@ def test_the_file_uses_wal_and_full_sync(tmp_path: Path) -> None:
         assert (tmp_path / "state.db-wal").exists()
 
 
+def test_the_wal_file_stays_small_under_steady_writes(tmp_path: Path) -> None:
+    """The daemon saves positions every second or so for as long as it runs: the WAL is
+    checkpointed and cut back, not left at sqlite's default ~4 MB (or more)."""
+    path = str(tmp_path / "state.db")
+    wal = tmp_path / "state.db-wal"
+    largest = 0
+    with StateStore(path) as store:
+        for i in range(3000):  # ~3 pages per commit: many checkpoints' worth
+            store.set_positions({f"watcher-{k}": f"{i}:{'x' * 200}" for k in range(8)})
+            largest = max(largest, wal.stat().st_size)
+        assert store.get_position("watcher-3") == f"2999:{'x' * 200}"
+    assert largest > 128 * 4096 // 2, "the writes must have filled the WAL a good way"
+    assert largest <= (1 << 20) + 4 * 4096, largest
+
+
 def test_directory_is_created_0700_and_the_file_0600(tmp_path: Path) -> None:
     path = tmp_path / "var" / "lib" / "guardian" / "state.db"
     with StateStore(str(path)) as store:

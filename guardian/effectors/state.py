@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_MS = 2000  # another process holding the write lock (a second daemon by mistake)
+WAL_CHECKPOINT_PAGES = 128  # pages in the WAL (of 4 KiB) that trigger a checkpoint
+WAL_LIMIT_BYTES = 1 << 20  # what a checkpoint leaves of the WAL file
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS offences ("
     "network TEXT PRIMARY KEY, offences INTEGER NOT NULL, last_ban_wall REAL NOT NULL)",
@@ -259,6 +261,11 @@ def _connect(path: str) -> sqlite3.Connection:
             if mode is None or str(mode[0]).lower() != "wal":
                 log.warning("state store %s: WAL unavailable (journal_mode %s)", path, mode)
             db.execute("PRAGMA synchronous = FULL")
+            # The WAL is checkpointed every WAL_CHECKPOINT_PAGES and cut back to WAL_LIMIT_BYTES
+            # after each: sqlite's defaults (1,000 pages, no limit) left a 4 MB file beside a
+            # store of a few KB for good (the soak's positions, written every second or so).
+            db.execute(f"PRAGMA wal_autocheckpoint = {WAL_CHECKPOINT_PAGES}")
+            db.execute(f"PRAGMA journal_size_limit = {WAL_LIMIT_BYTES}")
             check = db.execute("PRAGMA quick_check").fetchone()
             if check is None or check[0] != "ok":
                 raise sqlite3.DatabaseError(f"quick_check: {check[0] if check else 'no answer'}")

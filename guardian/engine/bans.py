@@ -498,7 +498,10 @@ class BanTable:
                 self._counters["unexpected_events"] += 1
                 expires_in = 0.0
             shielded = None  # self._shield(key), as lookups (the first hit asks it which one)
-            for shift, targets in lookups.get((version, length)) or shield_lookup(version, length):
+            lookup = lookups.get((version, length))
+            if lookup is None:  # (an empty list is a valid table: no shields of that version)
+                lookup = shield_lookup(version, length)
+            for shift, targets in lookup:
                 if value >> shift in targets:
                     shielded = self._shield(key)
                     break
