@@ -40,57 +40,60 @@ def try_connect(host: str, port: int, timeout: float) -> bool:
 
 @dataclass(frozen=True)
 class Opening:
-    """perf_counter() readings around the first accepted connection attempt."""
+    """perf_counter() readings around the first connection attempt that found the port as
+    wanted (for the figure: the first one accepted)."""
 
-    syn: float  # just before the accepted attempt's connect(): its SYN left then
+    syn: float  # just before that attempt's connect(): its SYN left then
     last_refused_syn: float | None  # the same for the attempt before it (the gate was shut)
-    connected: float  # when the accepted connect() returned
+    connected: float  # when that connect() returned
 
 
-def time_open(host: str, port: int, max_wait: float, gap: float) -> Opening | None:
-    """Try to connect until one attempt is accepted (bounded in time and count)."""
+def poll(host: str, port: int, want_open: bool, max_wait: float, gap: float) -> Opening | None:
+    """Try to connect until the port is as wanted (open: an attempt accepted; shut: one
+    refused), bounded in time and count; the readings around the attempt that showed it."""
     start = time.perf_counter()
-    last_refused: float | None = None
+    before: float | None = None
     for _ in range(200_000):
         syn = time.perf_counter()
         if syn - start >= max_wait:
             return None
-        if try_connect(host, port, timeout=0.05):
-            return Opening(syn, last_refused, time.perf_counter())
-        last_refused = syn
+        # A drop-style gate would make connect() block: a short timeout keeps the loop bounded.
+        if try_connect(host, port, timeout=0.05) == want_open:
+            return Opening(syn, before, time.perf_counter())
+        before = syn
         time.sleep(gap)
     return None
+
+
+def time_open(host: str, port: int, max_wait: float, gap: float) -> Opening | None:
+    """Try to connect until one attempt is accepted (bounded in time and count)."""
+    return poll(host, port, True, max_wait, gap)
 
 
 def wait_until(host: str, port: int, want_open: bool, max_wait: float, gap: float) -> float | None:
     """perf_counter() at the moment the port's state is as wanted, or None after max_wait."""
-    start = time.perf_counter()
-    attempts = 0
-    while time.perf_counter() - start < max_wait and attempts < 200_000:
-        attempts += 1
-        # A drop-style gate would make connect() block: a short timeout keeps the loop bounded.
-        if try_connect(host, port, timeout=0.05) == want_open:
-            return time.perf_counter()
-        time.sleep(gap)
-    return None
+    seen = poll(host, port, want_open, max_wait, gap)
+    return None if seen is None else seen.connected
 
 
-class Timings:
-    """Per trial, in ms from the packet that should open: the figure and its bracket."""
+@dataclass
+class Probed:
+    """Per trial, in ms from the packet that should open: the figure and its bracket. The probe
+    fills it (add) and prints it (as_json); the benchmark reads it back (of) and adds the
+    rounds up (+=)."""
 
-    def __init__(self) -> None:
-        self.latencies: list[float] = []  # the accepted SYN left (the benchmark's figure)
-        self.last_refused: list[float | None] = []  # the SYN before it left (and was refused)
-        self.connect_returned: list[float] = []  # the accepted connect() returned
-        self.failures = 0
+    latencies: list[float] = field(default_factory=list)  # the accepted SYN left (the figure)
+    last_refused: list[float] = field(default_factory=list)  # the refused SYN before it left
+    connect_returned: list[float] = field(default_factory=list)  # the accepted connect() returned
+    failures: int = 0  # trials whose port never opened
 
     def add(self, t0: float, opening: Opening | None) -> None:
         if opening is None:
             self.failures += 1
             return
         self.latencies.append((opening.syn - t0) * 1000.0)
-        refused = opening.last_refused_syn
-        self.last_refused.append(None if refused is None else (refused - t0) * 1000.0)
+        if opening.last_refused_syn is not None:  # (none when the first attempt got in)
+            self.last_refused.append((opening.last_refused_syn - t0) * 1000.0)
         self.connect_returned.append((opening.connected - t0) * 1000.0)
 
     def as_json(self) -> dict[str, object]:
@@ -101,27 +104,20 @@ class Timings:
             "failures": self.failures,
         }
 
-
-@dataclass
-class Probed:
-    """One probe run's figures in ms as its JSON gives them (Timings), rounds added up."""
-
-    latencies: list[float] = field(default_factory=list)  # the accepted SYN left
-    last_refused: list[float] = field(default_factory=list)  # the refused SYN before it left
-    connect_returned: list[float] = field(default_factory=list)  # the accepted connect() returned
-
     @classmethod
     def of(cls, data: dict[str, Any]) -> Probed:
         return cls(
             [float(x) for x in data["latencies_ms"]],
-            [float(x) for x in data["last_refused_ms"] if x is not None],
+            [float(x) for x in data["last_refused_ms"] if x is not None],  # (older results)
             [float(x) for x in data["connect_returned_ms"]],
+            int(data.get("failures", 0)),
         )
 
     def __iadd__(self, other: Probed) -> Probed:
         self.latencies += other.latencies
         self.last_refused += other.last_refused
         self.connect_returned += other.connect_returned
+        self.failures += other.failures
         return self
 
 
@@ -143,7 +139,7 @@ def main() -> int:
         os.sched_setaffinity(0, {args.cpu})
     open_ports = [int(p) for p in args.open.split(",")]
     close_ports = [int(p) for p in args.close.split(",")]
-    timings = Timings()
+    timings = Probed()
     if try_connect(args.server, args.port, 0.5):
         print(json.dumps({"error": "port already open before the first knock"}))
         return 1

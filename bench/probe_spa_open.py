@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from probe_knock_open import Timings, time_open, try_connect, wait_until
+from probe_knock_open import Probed, time_open, try_connect, wait_until
 
 SPA_PORT = 62201
 
@@ -93,7 +93,7 @@ def main() -> int:
     args = ap.parse_args()
     if args.cpu is not None:
         os.sched_setaffinity(0, {args.cpu})
-    timings = Timings()
+    timings = Probed()
     sendto_ms: list[float] = []  # how long sendto() itself took (the kernel's own path)
     sent_wall: list[float] = []  # time.time() at each sendto: to line up with a daemon trace
     family = socket.AF_INET6 if ":" in args.server else socket.AF_INET
