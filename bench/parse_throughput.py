@@ -4,9 +4,10 @@
 #                 in-process, one core; the file read in 1 MiB pieces, as the file follower hands
 #                 them over, each piece's whole lines decoded and scanned
 #   ours, N jobs  the same scan on N cores (guardian.parallel_scan, what `guardian replay` uses):
-#                 the file cut into pieces, each scanned by a forked worker after a warm-up, the
-#                 pieces' detections used once their start state is checked equal to the
-#                 sequential one (exactly the same failures; CPU seconds include the workers')
+#                 the file cut into pieces, the first scanned in-process, the others each by a
+#                 forked worker after a warm-up, the pieces' detections used once their start
+#                 state is checked equal to the sequential one (exactly the same failures; CPU
+#                 seconds include the workers')
 #   ours per-line parse_syslog_line + SshdDetector.feed line by line (the reference the bulk path
 #                 must equal; what the watcher and replay used before; one run)
 #   sshguard      `/usr/libexec/sshguard/sshg-parser < FILE` (sshguard 2.4's parser)

@@ -5,10 +5,13 @@
 # Theory of operation:
 #   * The file (as long as it is when the scan starts) is cut at line starts into pieces: one
 #     per job, or more so that none exceeds MAX_PIECE (what a worker sends back is held in memory
-#     until it is taken). Up to `jobs` forked worker processes scan them, in order, each with a
-#     fresh SshdDetector that first reads a warm-up: the lines just before its piece, their
-#     detections thrown away. This process takes the pieces' detections in order, and runs the
-#     caller's consumer (replay's ban engine) meanwhile.
+#     until it is taken). This process scans the first piece itself, from the file's start with
+#     the caller's detector: it needs no warm-up, and its detections need no transfer. Forked
+#     worker processes scan the others, in order (jobs - 1 of them while this process scans, up
+#     to `jobs` once it only collects), each with a fresh SshdDetector that first reads a
+#     warm-up: the lines just before its piece, their detections thrown away. This process
+#     takes the pieces' detections in order, and runs the caller's consumer (replay's ban
+#     engine) meanwhile.
 #   * The detector's state after a warm-up that spans more than its memory (max_age of log time:
 #     pre-auth connections and ended sessions age out by then) is usually exactly the state the
 #     sequential scan has at the same line. "Usually" is not enough, so it is checked: the worker
@@ -29,13 +32,19 @@
 # Speed: pickling Detection tuples as they are costs more than scanning them (each address
 # object is rebuilt by its constructor on loading: ~10 µs per detection both ways, measured), so
 # a worker sends plain tuples with each distinct address once (_pack), rebuilt here (_unpack).
+# Taking them is still ~0.1 s per 50k failures, about half of it CPython's garbage collector
+# walking the young tuples as they are made; they cannot form cycles, so it is paused meanwhile.
+# That cost and the transfer are why the first piece is not a worker's, and is the larger one
+# (FIRST_WEIGHT); measured in BENCHMARKS.md ("auth.log parse throughput", session 6).
 from __future__ import annotations
 
+import gc
 import multiprocessing
 import os
 import traceback
 from collections import deque
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from multiprocessing.connection import Connection
@@ -54,17 +63,20 @@ FIRST_WARMUP = 1 << 20  # bytes of warm-up tried first; quadrupled until it span
 MAX_WARMUP = 64 << 20  # ... or until this (a log without usable times never spans any)
 MIN_PIECE = 8 << 20  # a smaller file (or share of one) is not worth a process
 MAX_PIECE = 128 << 20  # bounds what a worker holds (~130k failures from a brute-force log)
+# The first piece (this process's) is this much larger than the others: a worker's piece also
+# costs its warm-up, packing and sending (~20 % more per byte, measured on the benchmark's log).
+FIRST_WEIGHT = 1.2
 
 
 @dataclass(slots=True)
 class ParallelStats:
     """How a scan_file went: pieces, and which were scanned where."""
 
-    pieces: int = 0
+    pieces: int = 0  # the first is scanned here; the others are the workers'
     from_workers: int = 0  # pieces whose worker's start state matched: its detections used
     reconciled: int = 0  # of those, matched but for older open sessions (_reconciled)
-    rescanned: int = 0  # pieces scanned again here (state differed, or the worker failed)
-    warmup_bytes: list[int] = field(default_factory=list)  # per worker piece
+    rescanned: int = 0  # worker pieces scanned again here (state differed, or the worker failed)
+    warmup_bytes: list[int] = field(default_factory=list)  # per worker piece, in order
     worker_errors: list[str] = field(default_factory=list)
 
 
@@ -77,12 +89,15 @@ def default_jobs() -> int:
 
 
 def cut_points(path: Path, size: int, pieces: int) -> list[int]:
-    """Offsets where pieces start: 0, then one line start at or after each k*size/pieces
-    (duplicates dropped: a line longer than a piece), each a byte after a "\\n"."""
+    """Offsets where pieces start: 0, then one line start at or after each target (duplicates
+    dropped: a line longer than a piece), each a byte after a "\\n". The first piece is
+    FIRST_WEIGHT times as large as each of the others (it is this process's: see the header)."""
     cuts = [0]
     with path.open("rb") as handle:
+        shares = FIRST_WEIGHT + pieces - 1
         for k in range(1, pieces):
-            at = _line_start_at_or_after(handle, size * k // pieces, size)
+            target = int(size * (FIRST_WEIGHT + k - 1) / shares)
+            at = _line_start_at_or_after(handle, target, size)
             if cuts[-1] < at < size:
                 cuts.append(at)
     return cuts
@@ -100,8 +115,8 @@ def scan_file(
     detector: SshdDetector | None = None,
 ) -> Iterator[list[Detection]]:
     """The detections of scan_byte_stream(file read in CHUNK pieces, a fresh detector, reference)
-    in the same order, lists as they come, using up to `jobs` worker processes (0:
-    default_jobs(); 1: none, the file is scanned here).
+    in the same order, lists as they come, using up to `jobs` processes, this one included (0:
+    default_jobs(); 1: no worker, the file is scanned here).
     kinds: only detections of these kinds (None: all); fewer to send back is faster.
     `detector`, if given, must be fresh; it ends in the state the sequential scan leaves."""
     detector = detector if detector is not None else SshdDetector(mode)
@@ -117,32 +132,39 @@ def scan_file(
     stats.pieces = len(cuts) - 1
     context = multiprocessing.get_context("fork")
     running: deque[tuple[BaseProcess, Connection]] = deque()
+    started = 1  # pieces handed out (the first is this process's)
+    limits = (detector.mode, detector.max_connections, detector.max_age, detector.max_sessions)
 
-    def start(k: int) -> None:
-        receiver, sender = context.Pipe(duplex=False)
-        job = _Job(str(path), cuts[k], cuts[k + 1], detector, reference, kinds)
-        child = context.Process(target=_work, args=(job, sender), daemon=True)
-        child.start()
-        sender.close()
-        running.append((child, receiver))
+    def start_up_to(workers: int) -> None:
+        nonlocal started
+        while len(running) < workers and started < stats.pieces:
+            receiver, sender = context.Pipe(duplex=False)
+            job = _Job(str(path), cuts[started], cuts[started + 1], *limits, reference, kinds)
+            child = context.Process(target=_work, args=(job, sender), daemon=True)
+            child.start()
+            sender.close()
+            running.append((child, receiver))
+            started += 1
 
     try:
-        for k in range(min(jobs, stats.pieces)):
-            start(k)
-        for k in range(stats.pieces):
+        start_up_to(jobs - 1)  # one core is this process's, for the first piece
+        yield from _only(kinds, _scan_range(path, 0, cuts[1], detector, reference, counts))
+        for k in range(1, stats.pieces):
+            start_up_to(jobs)  # (before this piece is used: they run while the caller consumes)
             child, receiver = running.popleft()
             outcome = _receive(k, receiver, stats)
             receiver.close()
             child.join()
-            if k + jobs < stats.pieces:
-                start(k + jobs)  # (before this piece is used: it runs while the caller consumes)
             end_state = None if outcome is None else _end_state(detector, outcome, stats)
             if outcome is not None and end_state is not None:
                 stats.from_workers += 1
                 detector.restore(end_state)
                 if counts is not None:
                     _add_counts(counts, outcome.counts)
-                yield _unpack(outcome.addresses, outcome.rows)
+                with _collector_paused():
+                    found = _unpack(outcome.addresses, outcome.rows)
+                del outcome
+                yield found
             else:
                 stats.rescanned += 1
                 piece = _scan_range(path, cuts[k], cuts[k + 1], detector, reference, counts)
@@ -190,10 +212,24 @@ def _reconciled(state: DetectorState, outcome: _Outcome, max_sessions: int) -> D
     return (*end[:7], sessions[:older] + end[7], *end[8:])
 
 
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """CPython's cyclic garbage collector off meanwhile (as it was, after): for building many
+    tuples that cannot form cycles, which it would walk again and again as they are made."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def _receive(k: int, receiver: Connection, stats: ParallelStats) -> _Outcome | None:
     """A worker's outcome, or None (noted in stats) if it sent none."""
     try:
-        outcome = receiver.recv()
+        with _collector_paused():
+            outcome = receiver.recv()
     except (EOFError, OSError) as exc:  # it died before sending (killed, out of memory)
         stats.worker_errors.append(f"piece {k}: no result ({type(exc).__name__})")
         return None
@@ -237,12 +273,16 @@ class _Outcome:
 
 @dataclass(frozen=True, slots=True)
 class _Job:
-    """One worker's piece: [start, stop) of the file, scanned as `detector` (fresh) would."""
+    """One worker's piece: [start, stop) of the file, scanned as a fresh detector with the
+    caller's mode and limits would."""
 
     path: str
     start: int
     stop: int
-    detector: SshdDetector
+    mode: Mode
+    max_connections: int
+    max_age: float
+    max_sessions: int
     reference: datetime | None
     kinds: frozenset[DetectionKind] | None
 
@@ -259,14 +299,14 @@ def _work(job: _Job, sender: Connection) -> None:
 
 def _scan_piece(job: _Job) -> _Outcome:
     """Scan the job's piece after a warm-up long enough in log time (see the header)."""
-    template, start, path = job.detector, job.start, Path(job.path)
+    start, path = job.start, Path(job.path)
     warmup = FIRST_WARMUP
     while True:
         detector = SshdDetector(
-            template.mode,
-            max_connections=template.max_connections,
-            max_age=template.max_age,
-            max_sessions=template.max_sessions,
+            job.mode,
+            max_connections=job.max_connections,
+            max_age=job.max_age,
+            max_sessions=job.max_sessions,
         )
         begin = max(0, start - warmup)
         with path.open("rb") as handle:

@@ -1,5 +1,6 @@
-# guardian.parallel_scan: a file scanned in pieces by forked workers gives exactly the sequential
-# scan's detections, counts and final detector state — when each worker's warm-up reached the
+# guardian.parallel_scan: a file scanned in pieces (the first, larger one in this process, the
+# others by forked workers) gives exactly the sequential scan's detections, counts and final
+# detector state, and leaves no worker behind — when each worker's warm-up reached the
 # state the piece before it left (its detections used), and when it did not (the piece rescanned
 # here): a session open across a cut, a worker that raised or died, a line longer than MAX_LINE
 # on the read grid, sparse logs that need a longer warm-up. Also the detector's state() and
@@ -7,10 +8,12 @@
 # ended-session ring's age limit).
 from __future__ import annotations
 
+import multiprocessing
 import os
 import random
 from datetime import UTC, datetime
 from functools import partial
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -84,9 +87,10 @@ def test_generated_log_in_pieces_is_the_sequential_scan(
     stats = assert_same_as_sequential(path, jobs, mode)
     assert stats.pieces == jobs
     # The generator's connections and sessions end within a second: every warm-up converges.
-    assert stats.from_workers == jobs and stats.rescanned == 0, stats
-    assert stats.warmup_bytes[0] == 0, stats  # the first piece starts at the file's start
-    assert all(w > parallel_scan.FIRST_WARMUP for w in stats.warmup_bytes[1:]), stats
+    # (The first piece is scanned here, from the file's start: no worker, no warm-up.)
+    assert stats.from_workers == jobs - 1 and stats.rescanned == 0, stats
+    assert len(stats.warmup_bytes) == jobs - 1, stats
+    assert all(w > parallel_scan.FIRST_WARMUP for w in stats.warmup_bytes), stats
 
 
 @pytest.mark.usefixtures("small_pieces")
@@ -98,7 +102,7 @@ def test_more_pieces_than_jobs_when_pieces_would_be_too_large(
     path.write_text(generated(tmp_path, seed=4, lines=30_000))
     stats = assert_same_as_sequential(path, 2)
     assert stats.pieces == -(-path.stat().st_size // (256 << 10)) >= 10, stats
-    assert stats.from_workers == stats.pieces, stats
+    assert stats.from_workers == stats.pieces - 1, stats
 
 
 @pytest.mark.usefixtures("small_pieces")
@@ -108,7 +112,7 @@ def test_only_the_kinds_asked_for(tmp_path: Path) -> None:
     want = [d for d in sequential(path)[0] if d.kind == "failure"]
     got, _, _, stats = parallel(path, 3, kinds=frozenset({"failure"}))
     assert got == want and len(want) > 1000
-    assert stats.from_workers == 3
+    assert stats.from_workers == 2
 
 
 def _line(second: int, pid: int, message: str) -> str:
@@ -153,8 +157,8 @@ def test_a_session_open_across_cuts_is_carried_over_the_pieces_that_never_see_it
     path = tmp_path / "auth.log"
     _long_session_log(path, closed=True)
     stats = assert_same_as_sequential(path, 3)
-    assert (stats.from_workers, stats.reconciled, stats.rescanned) == (2, 1, 1), stats
-    assert all(0 < w < 2 << 20 for w in stats.warmup_bytes[1:]), stats
+    assert (stats.from_workers, stats.reconciled, stats.rescanned) == (1, 1, 1), stats
+    assert all(0 < w < 2 << 20 for w in stats.warmup_bytes), stats
     closes = [d for d in sequential(path)[0] if d.kind == "session_closed"]
     assert [(str(d.source), d.user) for d in closes] == [("192.0.2.7", "alice")] * 2
 
@@ -164,7 +168,7 @@ def test_a_session_open_to_the_end_costs_no_rescan(tmp_path: Path) -> None:
     path = tmp_path / "auth.log"
     _long_session_log(path, closed=False, logins=30)
     stats = assert_same_as_sequential(path, 4)
-    assert (stats.from_workers, stats.reconciled, stats.rescanned) == (4, 3, 0), stats
+    assert (stats.from_workers, stats.reconciled, stats.rescanned) == (3, 3, 0), stats
     assert sequential(path)[2].sessions_held == 1  # alice's, to the end
 
 
@@ -182,7 +186,7 @@ def test_no_reconciling_when_sessions_could_be_evicted(tmp_path: Path) -> None:
         chunks = iter(partial(handle.read, parallel_scan.CHUNK), b"")
         want = [d for ds in scan_byte_stream(chunks, reference, REFERENCE) for d in ds]
     assert got == want and detector.state() == reference.state()
-    assert (stats.from_workers, stats.reconciled, stats.rescanned) == (1, 0, 2), stats
+    assert (stats.from_workers, stats.reconciled, stats.rescanned) == (0, 0, 2), stats
 
 
 @pytest.mark.usefixtures("small_pieces")
@@ -203,7 +207,7 @@ def test_a_worker_that_raises_or_dies_costs_speed_not_detections(
     cuts = cut_points(path, path.stat().st_size, 4)
     monkeypatch.setattr(parallel_scan, "_scan_piece", flaky)
     stats = assert_same_as_sequential(path, 4)
-    assert stats.rescanned == 2 and stats.from_workers == 2, stats
+    assert stats.rescanned == 2 and stats.from_workers == 1, stats
     assert any("RuntimeError: boom" in e for e in stats.worker_errors), stats.worker_errors
     assert any("no result" in e for e in stats.worker_errors), stats.worker_errors
 
@@ -237,8 +241,8 @@ def test_a_dense_log_grows_its_warm_up_until_it_spans_the_detector_memory(
     path = tmp_path / "auth.log"
     path.write_text("".join(parts))
     stats = assert_same_as_sequential(path, 2)
-    assert stats.from_workers == 2, stats
-    assert stats.warmup_bytes[1] > 2 << 20, stats
+    assert stats.from_workers == 1, stats
+    assert stats.warmup_bytes[0] > 2 << 20, stats
 
 
 def test_state_restore_round_trip_and_limits() -> None:
@@ -303,7 +307,7 @@ def test_replay_on_several_cores_reports_what_one_core_reports(tmp_path: Path) -
         "pieces": 1, "pieces_from_workers": 0, "pieces_rescanned": 0, "worker_errors": []
     }  # fmt: skip
     assert three.pop("scan") == {
-        "pieces": 3, "pieces_from_workers": 3, "pieces_rescanned": 0, "worker_errors": []
+        "pieces": 3, "pieces_from_workers": 2, "pieces_rescanned": 0, "worker_errors": []
     }  # fmt: skip
     assert one == three
     assert one["failures"] > 1000 and one["bans"]
@@ -350,3 +354,35 @@ def test_random_logs_in_tiny_pieces_are_the_sequential_scan(
             assert detector.state() == want_detector.state()
             assert not stats.worker_errors
             event(f"{stats.pieces} pieces, {stats.from_workers} from workers")
+
+
+@pytest.mark.usefixtures("small_pieces")
+def test_a_caller_that_stops_early_leaves_no_worker_behind(tmp_path: Path) -> None:
+    """The first piece is scanned in this process while workers scan the next ones: a caller
+    that stops in the middle of it (replay interrupted) must not leave them running."""
+    path = tmp_path / "auth.log"
+    path.write_text(generated(tmp_path, seed=13, lines=30_000))
+    stats = ParallelStats()
+    scan = scan_file(path, reference=REFERENCE, jobs=3, stats=stats)
+    first = next(scan)
+    assert multiprocessing.active_children(), "the workers start with the first piece"
+    scan.close()
+    assert multiprocessing.active_children() == []
+    assert stats.pieces == 3 and stats.from_workers == 0 and isinstance(first, list)
+
+
+def test_the_first_piece_is_larger_by_first_weight(tmp_path: Path) -> None:
+    """This process scans the first piece with no warm-up and nothing to send: it gets
+    FIRST_WEIGHT times the bytes of each worker's piece (to within a line)."""
+    path = tmp_path / "auth.log"
+    path.write_text(generated(tmp_path, seed=14, lines=20_000))
+    size = path.stat().st_size
+    cuts = [*cut_points(path, size, 4), size]
+    sizes = [b - a for a, b in pairwise(cuts)]
+    assert len(sizes) == 4
+    longest_line = max(len(line) for line in path.read_bytes().split(b"\n")) + 1
+    share = size / (parallel_scan.FIRST_WEIGHT + 3)
+    assert abs(sizes[0] - parallel_scan.FIRST_WEIGHT * share) <= longest_line, sizes
+    for other in sizes[1:]:
+        assert abs(other - share) <= 2 * longest_line, sizes
+    assert all(path.read_bytes()[cut - 1 : cut] == b"\n" for cut in cuts[1:-1])
