@@ -606,6 +606,7 @@ class Sampler:
             row["timer_entries"] = int(gauges.get("timer_entries", 0))
             row["attempts"] = int(gauges.get("attempts", 0))
             row["attempt_records"] = int(gauges.get("attempt_records", 0))
+            row["python_blocks"] = int(gauges.get("python_blocks", 0))
             row["grants"] = len(snap.get("grants") or [])
             row["sessions"] = len(snap.get("sessions") or [])
             row["bans"] = len(snap.get("bans") or [])
@@ -1110,6 +1111,7 @@ def run(args: argparse.Namespace) -> int:
             "timer_entries",
             "attempts",
             "attempt_records",
+            "python_blocks",
             "grants",
             "sessions",
             "bans",

@@ -526,6 +526,7 @@ def build_status(
     spa: SpaStatus | None = None,
     events: Sequence[EventInfo] = (),
     extra_counters: Mapping[str, int] | None = None,
+    extra_gauges: Mapping[str, float] | None = None,
 ) -> StatusSnapshot:
     """The wire snapshot from the engine's snapshot and what only the daemon knows. Pure.
 
@@ -585,6 +586,7 @@ def build_status(
             "attempts": float(engine.attempts),
             "attempt_records": float(engine.attempt_records),
             "timer_entries": float(engine.timer_entries),
+            **(extra_gauges or {}),
         },
         everyone=None
         if engine.everyone is None

@@ -630,6 +630,7 @@ def test_spoofed_knock_flood_memory_and_cpu_bounded_and_a_real_knock_opens_mid_f
     assert reached >= 0.9 * summary["sent"], (reached, summary, after["counters"])
     assert 1000 < attempts_mid <= MAX_ATTEMPTS, attempts_mid  # pressed on the cap, never past it
     assert after["gauges"]["attempts"] <= MAX_ATTEMPTS
+    assert after["gauges"]["python_blocks"] > 10_000  # the daemon's own gauge (a live process)
     assert {g["source"] for g in after["grants"]} <= {CLIENT, CLIENT2}, after["grants"]
     assert usage.rss_peak - usage.rss_before <= RSS_GROWTH, usage.line()
     assert usage.cpu <= summary["sent"] * CPU_PER_KNOCK_PACKET, usage.line()

@@ -294,6 +294,7 @@ def test_build_status_converts_monotonic_instants_to_wall_clock() -> None:
     assert grant.expires_at == pytest.approx(1_700_000_000.0 + grant.time_left)
     assert status.counters["knocks_completed"] == 1
     assert status.gauges["attempts"] == 0
+    assert "python_blocks" not in status.gauges  # the daemon's to add (extra_gauges)
     assert status.sessions == ()  # the engine tracks sessions: none yet
     assert status.bans is None and status.spa is None  # not given: not tracked
     assert from_json(json.loads(json.dumps(status.to_json()))) == status
@@ -354,3 +355,21 @@ def test_build_status_counts_failures_per_origin() -> None:
     assert status.counters["failures_seen_journal"] == 4
     assert status.counters["failures_seen_btmp"] == 3
     assert "failures_seen_authlog" not in status.counters  # no report from it: no key
+
+
+def test_the_daemon_adds_its_own_gauges() -> None:
+    """What only the process knows (its allocator's live blocks) goes in beside the engine's
+    gauges, and survives the wire."""
+    status = build_status(
+        _engine_with_a_grant().snapshot(111.0),
+        wall_now=1_700_000_000.0,
+        started_at=90.0,
+        version="9.9",
+        pid=123,
+        config_path="/etc/guardian/guardian.toml",
+        table_installed=True,
+        extra_gauges={"python_blocks": 123456.0},
+    )
+    assert status.gauges["python_blocks"] == 123456.0
+    assert status.gauges["timer_entries"] >= 1  # the engine's are still there
+    assert from_json(json.loads(json.dumps(status.to_json()))) == status
