@@ -317,8 +317,11 @@ def test_build_status_passes_daemon_sections_through() -> None:
         spa=SpaStatus("udp/62201", ("laptop",), {"too_old": 2}, 1),
         events=[event],
         extra_counters={"control_refused": 3},
+        extra_gauges={"python_blocks": 123456.0},  # what only the process knows
     )
     assert status.bans == (ban,) and status.events == (event,)
+    assert status.gauges["python_blocks"] == 123456.0 and "timer_entries" in status.gauges
+    assert from_json(json.loads(json.dumps(status.to_json()))) == status
     assert status.header.sshd == SshdStatus("stopped")
     assert status.counters["control_refused"] == 3 and "knocks_seen" in status.counters
 
@@ -355,21 +358,3 @@ def test_build_status_counts_failures_per_origin() -> None:
     assert status.counters["failures_seen_journal"] == 4
     assert status.counters["failures_seen_btmp"] == 3
     assert "failures_seen_authlog" not in status.counters  # no report from it: no key
-
-
-def test_the_daemon_adds_its_own_gauges() -> None:
-    """What only the process knows (its allocator's live blocks) goes in beside the engine's
-    gauges, and survives the wire."""
-    status = build_status(
-        _engine_with_a_grant().snapshot(111.0),
-        wall_now=1_700_000_000.0,
-        started_at=90.0,
-        version="9.9",
-        pid=123,
-        config_path="/etc/guardian/guardian.toml",
-        table_installed=True,
-        extra_gauges={"python_blocks": 123456.0},
-    )
-    assert status.gauges["python_blocks"] == 123456.0
-    assert status.gauges["timer_entries"] >= 1  # the engine's are still there
-    assert from_json(json.loads(json.dumps(status.to_json()))) == status
