@@ -22,7 +22,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from guardian.parsers.utmp import LOGIN_PROCESS, RECORD_SIZE, UtmpRecord, pack_utmp, parse_utmp
+from guardian.parsers.utmp import (
+    LOGIN_PROCESS,
+    RECORD_SIZE,
+    UtmpMemo,
+    UtmpRecord,
+    pack_utmp,
+    parse_utmp,
+)
 
 CHUNK = 4 << 20  # as guardian/replay.py
 RECORDS = 1_638_400  # 600 MiB
@@ -63,11 +70,12 @@ def ours(path: Path, *, count_failures: bool = False) -> tuple[float, int, int]:
     address, what replay feeds the engine."""
     started = time.perf_counter()
     records = failures = 0
+    memo = UtmpMemo()  # as replay: one for the whole file
     with path.open("rb") as handle:
         tail = b""
         while chunk := handle.read(CHUNK):
             data = tail + chunk
-            parsed, used = parse_utmp(data)
+            parsed, used = parse_utmp(data, memo)
             tail = data[used:]
             records += len(parsed)
             if count_failures:

@@ -23,7 +23,7 @@ from guardian.events import AuthFailed
 from guardian.parallel_scan import ParallelStats, scan_file
 from guardian.parsers.authlog_chunk import ScanCounts
 from guardian.parsers.sshd import DetectionKind
-from guardian.parsers.utmp import RECORD_SIZE, parse_utmp
+from guardian.parsers.utmp import RECORD_SIZE, UtmpMemo, parse_utmp
 from guardian.watchers.sshd_log import failure_from
 
 CHUNK = 4 << 20  # bytes read at a time: memory stays flat on a 1 GB file
@@ -130,11 +130,12 @@ _FAILURES: frozenset[DetectionKind] = frozenset({"failure"})
 
 
 def _btmp_failures(path: Path, report: ReplayReport) -> Iterator[AuthFailed]:
+    memo = UtmpMemo()  # sources and names repeat across the file's chunks
     with path.open("rb") as handle:
         tail = b""
         while chunk := handle.read(CHUNK):
             data = tail + chunk
-            records, used = parse_utmp(data)
+            records, used = parse_utmp(data, memo)
             tail = data[used:]
             for record in records:
                 report.units += 1

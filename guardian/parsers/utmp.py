@@ -14,7 +14,12 @@
 #
 # Speed: a 600 MB btmp is 1.6 million records. struct.iter_unpack walks them in C, and the slow
 # conversions (address objects, decoding) are memoised per distinct value: brute force repeats
-# the same few sources, names and lines.
+# the same few sources, names and lines. A memo lives as long as its owner wants: by default one
+# call; a caller reading a whole file in chunks (replay) passes a UtmpMemo that spans them. The
+# daemon's watcher keeps none between its reads. Kept across them, a memo held every
+# attacker-chosen user name until it was emptied at its cap: the soak saw the daemon's live
+# objects grow for hours, one decoded name per invalid user (brute force rarely repeats a random
+# name).
 from __future__ import annotations
 
 import ipaddress
@@ -33,10 +38,9 @@ INIT_PROCESS, LOGIN_PROCESS, USER_PROCESS, DEAD_PROCESS, ACCOUNTING = 5, 6, 7, 8
 
 _ZERO12 = bytes(12)
 _ZERO16 = bytes(16)
-# Per memo: the user, line and host fields of recent attempts. Each host entry holds its 272 raw
-# bytes as the key, so 65,536 (as before) let an attacker with many sources or user names grow
-# the daemon by tens of MB before the memo emptied; 8,192 keeps a big brute force's sources.
-_MEMO_LIMIT = 8192
+# A UtmpMemo is emptied when it holds more than this many entries. Each host entry holds its 272
+# raw bytes as the key: 8,192 keeps a big brute force's sources within a few MB.
+MEMO_LIMIT = 8192
 
 
 class UtmpRecord(NamedTuple):
@@ -57,50 +61,68 @@ class UtmpRecord(NamedTuple):
 _FIELDS = struct.Struct("<h2xi32s4x32s256s8xi4x16s20x")
 assert _FIELDS.size == RECORD_SIZE
 
-# Memos keyed by the raw field bytes (no cutting needed to look up), bounded by clearing.
-_text_memo: dict[bytes, str] = {}
-_host_memo: dict[tuple[bytes, bytes], tuple[str, IPAddress | None]] = {}
 _new_record = tuple.__new__  # what NamedTuple._make uses: skips the generated __new__ frame
 
 
-def parse_utmp(data: bytes | bytearray | memoryview) -> tuple[list[UtmpRecord], int]:
+class UtmpMemo:
+    """Field conversions remembered across the parse_utmp calls of one bulk read (a whole file
+    read in chunks: its sources and names repeat from chunk to chunk). Bounded: each table is
+    emptied when it holds more than MEMO_LIMIT entries. Drop it with the read."""
+
+    __slots__ = ("hosts", "texts")
+
+    def __init__(self) -> None:
+        self.texts: dict[bytes, str] = {}  # raw field -> text
+        self.hosts: dict[tuple[bytes, bytes], tuple[str, IPAddress | None]] = {}  # (addr, host)
+
+
+def parse_utmp(
+    data: bytes | bytearray | memoryview, memo: UtmpMemo | None = None
+) -> tuple[list[UtmpRecord], int]:
     """Parse the whole records at the start of `data`.
 
     Returns (records, consumed): consumed = bytes used, a multiple of 384; data[consumed:] is a
-    partial record to keep for the next read."""
+    partial record to keep for the next read. `memo`: conversions shared with the caller's other
+    calls (a bulk read); without one, nothing is kept after the call."""
     consumed = len(data) - len(data) % RECORD_SIZE
     if not consumed:
         return [], 0
-    if len(_text_memo) > _MEMO_LIMIT:
-        _text_memo.clear()
-    if len(_host_memo) > _MEMO_LIMIT:
-        _host_memo.clear()
-    texts, hosts, new, cls = _text_memo, _host_memo, _new_record, UtmpRecord
+    memo = memo if memo is not None else UtmpMemo()
+    texts, hosts = memo.texts, memo.hosts
+    if len(texts) > MEMO_LIMIT:
+        texts.clear()
+    if len(hosts) > MEMO_LIMIT:
+        hosts.clear()
+    new, cls = _new_record, UtmpRecord
     records: list[UtmpRecord] = []
     append = records.append
     for ut_type, pid, line, user, host, sec, addr in _FIELDS.iter_unpack(
         memoryview(data)[:consumed]
     ):
-        line_text = texts.get(line) or _text(line)
-        user_text = texts.get(user) or _text(user)
+        line_text = texts.get(line)
+        if line_text is None:
+            line_text = texts[line] = _text(line)
+        user_text = texts.get(user)
+        if user_text is None:
+            user_text = texts[user] = _text(user)
         host_key = (addr, host)
-        host_text, address = hosts.get(host_key) or _host(host_key)
+        host_entry = hosts.get(host_key)
+        if host_entry is None:
+            host_entry = hosts[host_key] = _host(addr, host)
+        host_text, address = host_entry
         malformed = (ut_type != LOGIN_PROCESS or sec < 0) and _malformed(ut_type, pid, sec)
         append(new(cls, (ut_type, pid, line_text, user_text, host_text, sec, address, malformed)))
     return records, consumed
 
 
 def _text(raw: bytes) -> str:
-    """A C string field: up to the first NUL, decoded; memoised by its raw bytes."""
-    decoded = _text_memo[raw] = raw.partition(b"\0")[0].decode("utf-8", "replace")
-    return decoded
+    """A C string field: up to the first NUL, decoded."""
+    return raw.partition(b"\0")[0].decode("utf-8", "replace")
 
 
-def _host(key: tuple[bytes, bytes]) -> tuple[str, IPAddress | None]:
-    addr, raw_host = key
-    host = raw_host.partition(b"\0")[0].decode("utf-8", "replace")
-    info = _host_memo[key] = (host, _address(addr, host))
-    return info
+def _host(addr: bytes, raw_host: bytes) -> tuple[str, IPAddress | None]:
+    host = _text(raw_host)
+    return host, _address(addr, host)
 
 
 def _malformed(ut_type: int, pid: int, sec: int) -> bool:
