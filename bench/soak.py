@@ -46,6 +46,7 @@
 #   sudo nice -n 5 .venv/bin/python bench/soak.py [--minutes 30] [--sample 5]
 #        [--json bench/results/soak.json] [--svg bench/results/soak.svg] [--rsyslog]
 #   .venv/bin/python bench/soak.py plot [--json ...] [--svg ...]   (re-draw from a saved result)
+#   .venv/bin/python bench/soak.py summary [--json ...]   (its summary, re-computed, as a table)
 from __future__ import annotations
 
 import argparse
@@ -94,6 +95,11 @@ ROTATE_MIN, ROTATE_MAX = 30.0, 60.0
 OPERATOR_EVERY = 5.0
 WORKER_GRACE = 90.0  # a worker gets this long after its deadline to finish its last sessions
 MAX_MINUTES = 240.0
+# The longest horizon of the daemon's own bounded state: the sshd detector keeps a connection's
+# pre-authentication state for max_age (15 minutes of log time), the failure joiner and windows
+# for findtime (10 minutes). Until then memory fills by design; after it, a flat daemon's
+# curves are flat, so slopes are also reported from here ("settled"), for runs twice as long.
+SETTLE_S = 900.0
 PER_SAMPLE_COUNTERS = (
     "knocks_seen",
     "knocks_completed",
@@ -678,18 +684,33 @@ def _slope_per_10min(points: Sequence[tuple[float, float]]) -> float | None:
     return cov / var * 600.0
 
 
+def _window(points: Sequence[tuple[float, float]], from_t: float) -> dict[str, Any]:
+    """A metric's samples from from_t on: first, last, range and least-squares slope."""
+    part = [(t, v) for t, v in points if t >= from_t]
+    values = [v for _, v in part]
+    slope = _slope_per_10min(part)
+    return {
+        "from_t": from_t,
+        "start": values[0] if values else None,
+        "end": values[-1] if values else None,
+        "min": min(values) if values else None,
+        "max": max(values) if values else None,
+        "slope_per_10min": None if slope is None else round(slope, 4),
+    }
+
+
 def summarize(samples: Sequence[dict[str, Any]], warmup: float, metrics: Sequence[str]) -> Any:
+    """Per metric: the whole load phase, after the warm-up, and (for runs of at least twice
+    SETTLE_S) after SETTLE_S; and the value after the drain."""
     load = [s for s in samples if s["phase"] == "load"]
+    settled = bool(load) and load[-1]["t"] >= 2 * SETTLE_S
     out: dict[str, Any] = {}
     for metric in metrics:
         points = [(s["t"], float(s[metric])) for s in load if s.get(metric) is not None]
         if not points:
             continue
         values = [v for _, v in points]
-        steady = [(t, v) for t, v in points if t >= warmup]
-        steady_values = [v for _, v in steady]
         whole = _slope_per_10min(points)
-        after = _slope_per_10min(steady)
         out[metric] = {
             "start": values[0],
             "end": values[-1],
@@ -697,15 +718,10 @@ def summarize(samples: Sequence[dict[str, Any]], warmup: float, metrics: Sequenc
             "max": max(values),
             "mean": round(sum(values) / len(values), 3),
             "slope_per_10min": None if whole is None else round(whole, 4),
-            "after_warmup": {
-                "from_t": warmup,
-                "start": steady_values[0] if steady_values else None,
-                "end": steady_values[-1] if steady_values else None,
-                "min": min(steady_values) if steady_values else None,
-                "max": max(steady_values) if steady_values else None,
-                "slope_per_10min": None if after is None else round(after, 4),
-            },
+            "after_warmup": _window(points, warmup),
         }
+        if settled:
+            out[metric]["after_settle"] = _window(points, SETTLE_S)
         drained = [float(s[metric]) for s in samples if s["phase"] == "drain" and metric in s]
         if drained:
             out[metric]["after_drain"] = drained[-1]
@@ -836,6 +852,35 @@ def dump_result(result: dict[str, Any]) -> str:
     text = json.dumps(head, indent=1)
     rows = ",\n".join("  " + json.dumps(s, separators=(",", ":")) for s in result["samples"])
     return text[: text.rindex("}")].rstrip() + ',\n "samples": [\n' + rows + "\n ]\n}\n"
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    """The summary as a table: slopes per 10 minutes over the whole load, after the warm-up
+    ("steady") and after SETTLE_S ("settled", "-" for a shorter run)."""
+    print(
+        f"{'metric':<16}{'start':>10}{'end':>10}{'max':>10}{'slope/10min':>13}"
+        f"{'steady':>10}{'settled':>10}{'drained':>10}"
+    )
+    for metric, row in summary.items():
+        steady = row["after_warmup"]["slope_per_10min"]
+        settled = row.get("after_settle", {}).get("slope_per_10min")
+        print(
+            f"{metric:<16}{row['start']:>10g}{row['end']:>10g}{row['max']:>10g}"
+            f"{row['slope_per_10min'] or 0:>13.3f}{steady or 0:>10.3f}"
+            f"{'-' if settled is None else f'{settled:.3f}':>10}"
+            f"{row.get('after_drain', float('nan')):>10g}"
+        )
+
+
+def run_summary(argv: Sequence[str]) -> int:
+    ap = argparse.ArgumentParser(
+        prog="soak.py summary", description="re-compute and print the summary of a saved result"
+    )
+    ap.add_argument("--json", default=str(HERE / "results" / "soak.json"))
+    args = ap.parse_args(argv)
+    result = json.loads(Path(args.json).read_text())
+    print_summary(summarize(result["samples"], result["warmup_s"], list(result["summary"])))
+    return 0
 
 
 def run_plot(argv: Sequence[str]) -> int:
@@ -1173,17 +1218,7 @@ def run(args: argparse.Namespace) -> int:
         Path(args.svg).write_text(render_result(result))
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(dump_result(result))
-        print(
-            f"{'metric':<16}{'start':>10}{'end':>10}{'max':>10}{'slope/10min':>13}"
-            f"{'steady':>10}{'drained':>10}"
-        )
-        for metric, row in result["summary"].items():
-            steady = row["after_warmup"]["slope_per_10min"]
-            print(
-                f"{metric:<16}{row['start']:>10g}{row['end']:>10g}{row['max']:>10g}"
-                f"{row['slope_per_10min'] or 0:>13.3f}{steady or 0:>10.3f}"
-                f"{row.get('after_drain', float('nan')):>10g}"
-            )
+        print_summary(result["summary"])
         print(json.dumps(result["load"]))
         print(json.dumps(result["daemon"]))
         print(f"wrote {args.json} and {args.svg}")
@@ -1202,6 +1237,8 @@ def main(argv: Sequence[str]) -> int:
         return run_worker(argv[1:])
     if argv[:1] == ["plot"]:
         return run_plot(argv[1:])
+    if argv[:1] == ["summary"]:
+        return run_summary(argv[1:])
     ap = argparse.ArgumentParser(description="30-minute soak of the guardian (needs root)")
     ap.add_argument("--minutes", type=float, default=30.0)
     ap.add_argument("--sample", type=float, default=5.0, help="seconds between samples")
