@@ -3,7 +3,10 @@
 # of the light mode (no tracemalloc): live objects by type, the largest containers, and the
 # small-object allocator's arenas and block bytes.
 #
-#   .venv/bin/python bench/trace_compare.py DIR [FIRST LAST] [--top 15]
+#   .venv/bin/python bench/trace_compare.py DIR [FIRST LAST] [--top 15] [--by-count]
+# --by-count: for tracemalloc dumps, the source lines whose live blocks grew or shrank most, by
+# number of blocks (a slow leak of small objects: a few blocks a second, each a few dozen bytes,
+# hides among the larger allocations that a by-size list puts first).
 from __future__ import annotations
 
 import argparse
@@ -19,6 +22,7 @@ def main() -> int:
     parser.add_argument("first", type=int, nargs="?", default=1)
     parser.add_argument("last", type=int, nargs="?")
     parser.add_argument("--top", type=int, default=15)
+    parser.add_argument("--by-count", action="store_true")
     args = parser.parse_args()
     taken = sorted(int(p.stem.split("-")[1]) for p in args.dir.glob("native-*.json"))
     last = args.last or taken[-1]
@@ -41,6 +45,9 @@ def main() -> int:
     second = tracemalloc.Snapshot.load(str(args.dir / f"snapshot-{last}.pickle"))
     ignore = [tracemalloc.Filter(False, tracemalloc.__file__)]
     first, second = first.filter_traces(ignore), second.filter_traces(ignore)
+    if args.by_count:
+        _by_count(first, second, args.top)
+        return 0
     print(f"\nlargest Python growth by traceback (top {args.top}):")
     for stat in second.compare_to(first, "traceback")[: args.top]:
         print(
@@ -50,6 +57,18 @@ def main() -> int:
         for line in stat.traceback.format()[-8:]:
             print("   ", line)
     return 0
+
+
+def _by_count(first: tracemalloc.Snapshot, second: tracemalloc.Snapshot, top: int) -> None:
+    changes = second.compare_to(first, "lineno")
+    print(
+        f"\nlive blocks {sum(c.count - c.count_diff for c in changes)} -> "
+        f"{sum(c.count for c in changes)} ({sum(c.count_diff for c in changes):+}); "
+        f"the lines that changed most by blocks (top {top}):"
+    )
+    for stat in sorted(changes, key=lambda c: -abs(c.count_diff))[:top]:
+        print(f"  {stat.count_diff:+7} blocks {stat.size_diff / 1024:+8.1f} KiB  "
+              f"(now {stat.count:6})  {stat.traceback[0]}")  # fmt: skip
 
 
 def _light(a: dict[str, Any], b: dict[str, Any], top: int) -> None:
