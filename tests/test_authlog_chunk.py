@@ -8,11 +8,12 @@
 # it), each line through parse_syslog_line, each sshd record through SshdDetector.feed.
 from __future__ import annotations
 
+import gc
 import random
 import subprocess
 import sys
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -451,6 +452,32 @@ def test_random_text_never_raises_and_stays_equivalent(text: str, data: st.DataO
     for mode in MODES:
         scan_chunk(text, SshdDetector(mode), UTC_REFERENCE, final=True, counts=counts)
     assert counts.errors == 0
+
+
+def test_old_references_leave_little_behind() -> None:
+    """The auth.log watcher takes a new reference every hour, for weeks. The seconds memoised
+    for old references must not pile up: 64 references were kept (the old code kept ~6,500
+    blocks here), now a few."""
+    detector = SshdDetector("normal")
+    start = datetime(2026, 3, 1, tzinfo=UTC)
+
+    def hour_of_lines(hour: int) -> str:  # 200 distinct seconds, lines that change nothing
+        at = start + timedelta(hours=hour)
+        stamps = (at + timedelta(seconds=s) for s in range(200))
+        return "".join(
+            f"{t:%b} {t.day:2} {t:%H:%M:%S} h sshd[7]: pam_unix(sshd:session): session opened "
+            f"for user alice(uid=1000) by (uid=0)\n"
+            for t in stamps
+        )
+
+    texts = [hour_of_lines(hour) for hour in range(80)]
+    scan_chunk(texts[0], detector, start)
+    gc.collect()
+    before = sys.getallocatedblocks()
+    for hour, text in enumerate(texts[1:], start=1):
+        assert scan_chunk(text, detector, start + timedelta(hours=hour)) == ([], len(text))
+    gc.collect()
+    assert sys.getallocatedblocks() - before < 4000
 
 
 def test_only_messages_without_a_client_port_are_memoised() -> None:

@@ -247,6 +247,11 @@ class _Stamps:
         return clock.stamp(second) if clock is not None else None
 
 
+# One _Stamps per reference, for the few references in use at a time: the auth.log watcher
+# moves to a new one every hour (the file's mtime, floored), replay keeps one. Each old one holds
+# up to _TIME_MEMO_LIMIT seconds and minutes, so keeping 64 (as before) let the daemon grow by
+# one such memo an hour for 64 hours before they were emptied.
+_REFERENCES_KEPT = 4
 _stamps: dict[tuple[datetime | None, object, int], _Stamps] = {}
 
 
@@ -256,7 +261,7 @@ def _stamps_for(reference: datetime | None) -> _Stamps:
     )  # fmt: skip
     stamps = _stamps.get(key)
     if stamps is None:
-        if len(_stamps) >= 64:
+        if len(_stamps) >= _REFERENCES_KEPT:
             _stamps.clear()
         stamps = _stamps[key] = _Stamps(reference)
     return stamps

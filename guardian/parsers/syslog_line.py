@@ -269,6 +269,9 @@ class TraditionalClock:
 
 _MINUTE_SECOND = {f"{m:02d}:{s:02d}": m * 60 + s for m in range(60) for s in range(60)}
 _MINUTES = {f"{m:02d}": m * 60 for m in range(60)}
+# Clocks for the few references in use at a time (see authlog_chunk._REFERENCES_KEPT): each
+# remembers the hours it placed, and the auth.log watcher takes a new reference every hour.
+_CLOCKS_KEPT = 4
 _clocks: dict[tuple[datetime, tzinfo | None, int], TraditionalClock] = {}
 
 
@@ -281,7 +284,7 @@ def traditional_clock(reference: datetime | None) -> TraditionalClock | None:
     key = (reference, reference.tzinfo, reference.fold)
     clock = _clocks.get(key)
     if clock is None:
-        if len(_clocks) >= 64:
+        if len(_clocks) >= _CLOCKS_KEPT:
             _clocks.clear()
         clock = _clocks[key] = TraditionalClock(reference)
     return clock
