@@ -147,9 +147,13 @@ _CONNECTION_RULES = {
 # they are not memoised at all: they only filled the memo (the soak saw it grow for half an hour,
 # then refill after each emptying: a saw tooth of ~1,000 dead entries that kept the allocator
 # carving new pools). 1,024 holds every repeating message of a brute force. Log time moves
-# forward, so a few hundred seconds and minutes cover all the lines that can still share one.
+# forward: lines of one second come in a run (one string comparison, _scan's `seen`), and only
+# a line a little out of order looks up an earlier second or minute, so a few dozen suffice.
+# Larger time memos only filled slowly: at the soak's pace (~8 new seconds a minute reach
+# them) 256 seconds took half an hour, and 256 minutes four hours, to fill and be emptied.
 _MEMO_LIMIT = 1024  # messages per memo
-_TIME_MEMO_LIMIT = 256  # seconds (and minutes) per timestamp memo
+_TIME_MEMO_LIMIT = 64  # seconds per timestamp memo
+_MINUTE_MEMO_LIMIT = 16  # minutes per timestamp memo (traditional timestamps)
 _MEMO_TEXT = 256  # longest message memoised
 _memos: dict[str, dict[str, SshdMessage | None]] = {"normal": {}, "aggressive": {}}
 
@@ -235,7 +239,7 @@ class _Stamps:
                 raise _NotFast
             clock = self._clock
             start = clock.minute(minute) if clock is not None else None
-            if len(minutes) >= _TIME_MEMO_LIMIT:
+            if len(minutes) >= _MINUTE_MEMO_LIMIT:
                 minutes.clear()
             minutes[minute] = start
         offset = _SECONDS.get(second[13:])

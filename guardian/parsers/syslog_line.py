@@ -132,8 +132,10 @@ def _rfc5424(line: str) -> SyslogRecord | None:
 
 # Timestamps repeat: thousands of lines share each second. Conversions are memoised per second
 # (a bounded dict, emptied when full); the fraction is added back. Log time moves forward, so a
-# few hundred recent seconds (or hours) are all a memo needs; a larger one only grows.
-_CACHE_LIMIT = 256
+# few dozen recent seconds (or a few hundred hours) are all a memo needs; a larger one only
+# grows (see authlog_chunk._TIME_MEMO_LIMIT).
+_SECONDS_LIMIT = 64
+_CACHE_LIMIT = 256  # hours per TraditionalClock
 _rfc3339_cache: dict[tuple[str, str | None], float | None] = {}
 
 
@@ -141,7 +143,7 @@ def _rfc3339_time(seconds: str, frac: str | None, zone: str | None) -> float | N
     key = (seconds, zone)
     base = _rfc3339_cache.get(key)
     if base is None and key not in _rfc3339_cache:
-        if len(_rfc3339_cache) >= _CACHE_LIMIT:
+        if len(_rfc3339_cache) >= _SECONDS_LIMIT:
             _rfc3339_cache.clear()
         base = _rfc3339_cache[key] = _rfc3339_seconds(seconds, zone)
     if base is None or frac is None:
