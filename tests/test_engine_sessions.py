@@ -3,7 +3,9 @@
 # the engine returned, and the snapshot where the state matters.
 from __future__ import annotations
 
+import gc
 import ipaddress
+import sys
 from dataclasses import replace
 
 import pytest
@@ -908,3 +910,24 @@ def test_accepted_long_after_an_unauthenticated_close_is_not_joined_to_it() -> N
     (grant,) = engine.snapshot(25.0).grants
     assert grant.state is GrantState.IN_SESSION
     assert engine.snapshot(25.0).counters["sessions_accepted_after_close"] == 0
+
+
+def test_unauthenticated_closes_are_forgotten_after_the_window() -> None:
+    """Every connection closed before authenticating is remembered for RECENT_CLOSE_WINDOW (a
+    late Accepted joins it), then forgotten: a port probed all day leaves nothing behind. (They
+    were kept up to 4,096: the old code keeps ~12,000 blocks here.)"""
+    engine = Engine(config())
+    engine.feed(SignalsChanged(BOTH, auth=True), 0.0)
+
+    def probe(sport: int, at: float) -> None:  # a connection that never authenticates
+        engine.feed(ConnectionOpened(A, sport, SSH), at)
+        engine.feed(ConnectionClosed(A, sport, SSH), at + 0.5)
+
+    for sport in range(1024, 1100):
+        probe(sport, float(sport))
+    gc.collect()
+    before = sys.getallocatedblocks()
+    for sport in range(1100, 6100):
+        probe(sport, float(sport))
+    gc.collect()
+    assert sys.getallocatedblocks() - before < 1000

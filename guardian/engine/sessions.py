@@ -222,10 +222,15 @@ class ConnectionTable:
         if now is None or conn.is_session:
             return
         peer = (conn.source, conn.sport)
-        self._recent_closes[peer] = now
-        self._recent_closes.move_to_end(peer)
-        while len(self._recent_closes) > RECENT_CLOSES:
-            self._recent_closes.popitem(last=False)
+        recent = self._recent_closes
+        recent[peer] = now
+        recent.move_to_end(peer)
+        # Oldest first (time only moves forward): those past the window can no longer be
+        # joined, so they go now. Kept until the cap, every close of a busy port stayed behind
+        # for thousands of closes (the soak's slow growth).
+        horizon = now - RECENT_CLOSE_WINDOW
+        while len(recent) > RECENT_CLOSES or next(iter(recent.values())) < horizon:
+            recent.popitem(last=False)
 
     def listed(self, connections: Iterable[ConnectionId], origin: str, now: float) -> list[Change]:
         """A full listing from `origin`: see the header for what it closes and confirms."""
