@@ -226,8 +226,8 @@ class ConnectionTable:
         recent[peer] = now
         recent.move_to_end(peer)
         # Oldest first (time only moves forward): those past the window can no longer be
-        # joined, so they go now. Kept until the cap, every close of a busy port stayed behind
-        # for thousands of closes (the soak's slow growth).
+        # joined, so they go now. Kept until the cap, each stayed behind for 4,096 more closes:
+        # a slow growth on a port that granted clients often fail to log in to.
         horizon = now - RECENT_CLOSE_WINDOW
         while len(recent) > RECENT_CLOSES or next(iter(recent.values())) < horizon:
             recent.popitem(last=False)

@@ -253,8 +253,8 @@ class _Stamps:
 
 # One _Stamps per reference, for the few references in use at a time: the auth.log watcher
 # moves to a new one every hour (the file's mtime, floored), replay keeps one. Each old one holds
-# up to _TIME_MEMO_LIMIT seconds and minutes, so keeping 64 (as before) let the daemon grow by
-# one such memo an hour for 64 hours before they were emptied.
+# its memoised seconds and minutes, so keeping 64 (as before) let the daemon grow by one such
+# memo an hour for 64 hours before they were emptied.
 _REFERENCES_KEPT = 4
 _stamps: dict[tuple[datetime | None, object, int], _Stamps] = {}
 
