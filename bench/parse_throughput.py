@@ -17,7 +17,9 @@
 # figure is the median of the wall-clock times; CPU seconds (ours in-process, each peer's own as
 # a child process) are recorded too, less disturbed by other work on the machine. Each reports how
 # many failures it found, so speed is never bought with missed attacks: ours must find what
-# the per-line path finds. Peers: bench/setup-peers.sh.
+# the per-line path finds. Each round also records the share of CPU time the hypervisor stole
+# meanwhile (bench/steal.py): a round with much stolen says more about the host than about the
+# parser. Peers: bench/setup-peers.sh.
 #
 #   sudo .venv/bin/python bench/parse_throughput.py [--lines 1000000] [--runs 3] [--json out.json]
 from __future__ import annotations
@@ -35,6 +37,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
+
+from steal import CpuTicks, stolen_share
 
 from guardian.parallel_scan import ParallelStats, default_jobs, scan_file
 from guardian.parsers.authlog_chunk import scan_byte_stream
@@ -150,15 +154,19 @@ def main() -> int:
     lines = args.lines
     load_before = os.getloadavg()
     times: dict[str, list[Timing]] = {}
+    stolen: dict[str, list[float]] = {}
     found: dict[str, dict[str, int]] = {}
 
     def run(name: str, runner: Callable[[Path], tuple[Timing, dict[str, int]]]) -> None:
+        ticks = CpuTicks.read()
         (wall, cpu), counted = runner(path)
+        steal = stolen_share(ticks, CpuTicks.read())
         found[name] = counted
         times.setdefault(name, []).append((wall, cpu))
+        stolen.setdefault(name, []).append(steal)
         print(
-            f"{name}: {lines / wall:,.0f} lines/s ({lines / cpu:,.0f} per CPU second) "
-            f"{found[name]}",
+            f"{name}: {lines / wall:,.0f} lines/s ({lines / cpu:,.0f} per CPU second, "
+            f"{steal:.0%} stolen) {found[name]}",
             file=sys.stderr,
         )
 
@@ -180,6 +188,7 @@ def main() -> int:
             "runs": len(runs),
             "seconds": [round(wall, 3) for wall, _ in runs],
             "cpu_seconds": [round(cpu, 3) for _, cpu in runs],
+            "stolen_share": [round(share, 3) for share in stolen[name]],
             "median_seconds": round(median, 3),
             "lines_per_second": rates[name],
             "lines_per_cpu_second": round(lines / cpu),
