@@ -4,8 +4,9 @@
 # directory bind-mounted over its /var/log). Attackers are real clients (sshpass + ssh, a wrong
 # password for root: one failure, one btmp record each). While they attack, a rotator works every
 # ROTATE_EVERY seconds: auth.log renamed (+ SIGHUP to rsyslog, what logrotate's postrotate does)
-# or copied and truncated, btmp renamed and created anew (root:utmp 0660), `journalctl --rotate`,
-# and `journalctl --vacuum-files=1` / `--vacuum-time=1s`. At the end every failure must have been
+# or copied and truncated, btmp rotated by name (a new root:utmp 0660 file takes it; rotate_btmp
+# says why not in logrotate's exact steps), `journalctl --rotate`, and `journalctl
+# --vacuum-files=1` / `--vacuum-time=1s`. At the end every failure must have been
 # counted exactly once: per origin, and across origins.
 #
 # What tests/test_lab_bans.py already shows: one rename or copytruncate of auth.log, or a rename of
@@ -358,11 +359,22 @@ def rotate_authlog_copytruncate(env: RotLab, attack: Attack, serial: int, base: 
 
 
 def rotate_btmp(env: RotLab, serial: int) -> None:
-    os.replace(env.btmp, env.btmp.with_name(f"btmp.{serial}"))
-    fd = os.open(env.btmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    """A rename rotation with no moment when btmp is missing. sshd opens btmp without O_CREAT
+    (loginrec.c, record_failed_login) and writes nothing if it is not there, so a failure that
+    lands between logrotate's rename and its create is in no file at all: lost for every reader,
+    like copytruncate's window, and the attempts are no longer the files' truth (most likely what
+    cost one btmp record in session 8's CI run; a 0.5 s gap loses ~20 of 120). So the new file is
+    made first under another name, the old one gets its rotated name by a hard link, and the new
+    one takes the name in one rename(2). To a follower it is what logrotate leaves: the name on a
+    new empty inode, the old inode as btmp.N, and sshd still appending to the old one if it
+    opened it before the swap."""
+    staged = env.btmp.with_name("btmp.staged")
+    fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     os.close(fd)
-    os.chown(env.btmp, 0, grp.getgrnam("utmp").gr_gid)  # logrotate: create 0660 root utmp
-    os.chmod(env.btmp, 0o660)
+    os.chown(staged, 0, grp.getgrnam("utmp").gr_gid)  # logrotate: create 0660 root utmp
+    os.chmod(staged, 0o660)
+    os.link(env.btmp, env.btmp.with_name(f"btmp.{serial}"))
+    os.replace(staged, env.btmp)
 
 
 def rotator(env: RotLab, attack: Attack, stop: threading.Event, log: list[str], base: int) -> None:
