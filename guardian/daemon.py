@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
-import gc
 import ipaddress
 import logging
 import os
@@ -83,6 +82,7 @@ from guardian.events import (
     SpaReplaysLoaded,
     UnbanRequested,
 )
+from guardian.gc_pause import collector_paused
 from guardian.journal_log import (
     build_handlers,
     event_extra,
@@ -252,12 +252,9 @@ class Daemon:
         actions += self.engine.feed(SpaReplaysLoaded(replays), now, wall=wall)
         # Adopting bans is one step whatever their number (100k in well under a second); the
         # collector only slows the many small objects down, so it waits.
-        gc.disable()
-        try:
+        with collector_paused():
             found = [BanFound(network, left) for network, left in self.nft.list_bans()]
             actions += self.engine.adopt_bans(found, now, wall=wall)
-        finally:
-            gc.enable()
         if found:
             log.info("adopted %d ban(s) already in the kernel", len(found))
         adopted = self.nft.list_grants()

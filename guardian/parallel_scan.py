@@ -38,13 +38,11 @@
 # (FIRST_WEIGHT); measured in BENCHMARKS.md ("auth.log parse throughput", session 6).
 from __future__ import annotations
 
-import gc
 import multiprocessing
 import os
 import traceback
 from collections import deque
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from multiprocessing.connection import Connection
@@ -53,6 +51,7 @@ from pathlib import Path
 from typing import BinaryIO, TypeAlias
 
 from guardian.addresses import IPAddress
+from guardian.gc_pause import collector_paused
 from guardian.parsers.authlog_chunk import ScanCounts, scan_byte_stream
 from guardian.parsers.sshd import Detection, DetectionKind, DetectorState, Mode, SshdDetector
 
@@ -161,7 +160,7 @@ def scan_file(
                 detector.restore(end_state)
                 if counts is not None:
                     _add_counts(counts, outcome.counts)
-                with _collector_paused():
+                with collector_paused():
                     found = _unpack(outcome.addresses, outcome.rows)
                 del outcome
                 yield found
@@ -212,23 +211,10 @@ def _reconciled(state: DetectorState, outcome: _Outcome, max_sessions: int) -> D
     return (*end[:7], sessions[:older] + end[7], *end[8:])
 
 
-@contextmanager
-def _collector_paused() -> Iterator[None]:
-    """CPython's cyclic garbage collector off meanwhile (as it was, after): for building many
-    tuples that cannot form cycles, which it would walk again and again as they are made."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
-
-
 def _receive(k: int, receiver: Connection, stats: ParallelStats) -> _Outcome | None:
     """A worker's outcome, or None (noted in stats) if it sent none."""
     try:
-        with _collector_paused():
+        with collector_paused():
             outcome = receiver.recv()
     except (EOFError, OSError) as exc:  # it died before sending (killed, out of memory)
         stats.worker_errors.append(f"piece {k}: no result ({type(exc).__name__})")

@@ -25,6 +25,7 @@ LAYERS: tuple[tuple[int, tuple[str, ...]], ...] = (
             "guardian",
             "guardian.addresses",
             "guardian.decimal_text",
+            "guardian.gc_pause",
             "guardian.events",
             "guardian.actions",
         ),

@@ -88,19 +88,20 @@ def test_a_memo_spans_calls_changes_nothing_and_stays_bounded(
     holds more than MEMO_LIMIT entries (here 50)."""
     monkeypatch.setattr(utmp, "MEMO_LIMIT", 50)
     rng = random.Random(7)
-    reads = [
-        b"".join(
-            pack_utmp(UtmpRecord(LOGIN_PROCESS, 100 + i, "ssh:notty", f"u{rng.randrange(90)}",
-                                 f"192.0.2.{rng.randrange(1, 90)}", 1_700_000_000, None))
-            for i in range(40)
-        )
-        for _ in range(30)
-    ]  # fmt: skip
+
+    def record(i: int) -> UtmpRecord:
+        host = f"192.0.2.{rng.randrange(1, 90)}"
+        binary = ipaddress.ip_address(host) if i % 2 else None  # else from the host text
+        return UtmpRecord(LOGIN_PROCESS, 100 + i, "ssh:notty", f"u{rng.randrange(90)}", host,
+                          1_700_000_000, binary)  # fmt: skip
+
+    reads = [b"".join(pack_utmp(record(i)) for i in range(40)) for _ in range(30)]
     memo = UtmpMemo()
     for data in reads:
         assert parse_utmp(data, memo) == parse_utmp(data)
+        # A read adds at most its line and 40 names, and 40 hosts.
         assert len(memo.texts) <= 50 + 41 and len(memo.hosts) <= 50 + 40
-    assert memo.hosts and memo.texts
+    assert memo.texts and memo.hosts
 
 
 def test_btmp_joins_the_log_by_pid_user_second() -> None:
@@ -182,6 +183,51 @@ def test_attacker_bytes_never_raise() -> None:
     noise = bytes(rng.randrange(256) for _ in range(RECORD_SIZE * 200))
     records, consumed = parse_utmp(noise)
     assert len(records) == 200 and consumed == len(noise)
+
+
+def _text(raw: bytes) -> str:
+    return raw.partition(b"\0")[0].decode("utf-8", "replace")
+
+
+def _whole_fields(raw: bytes) -> UtmpRecord:
+    """The reference decoder: every field unpacked whole, nothing remembered or skipped."""
+    ut_type, pid, line, _, user, host, _, _, _, sec, _, addr = RECORD.unpack(raw)
+    host_text = _text(host)
+    address = utmp._address(addr, host_text)
+    malformed = utmp._malformed(ut_type, pid, sec)
+    return UtmpRecord(ut_type, pid, _text(line), _text(user), host_text, sec, address, malformed)
+
+
+def test_records_match_a_whole_field_decoder() -> None:
+    """parse_utmp reads only the host's first HOST_HEAD bytes unless no NUL is among them, and
+    converts a line once per run of equal lines. Hosts of every length 0-256 (256: no NUL at
+    all), garbage after the NUL, invalid UTF-8, long names equal in their first 48 bytes or more,
+    lines that change from record to record or stay, binary and text-only addresses: every
+    record equals the reference decoder's, with a memo kept across reads as replay keeps it."""
+    rng = random.Random(9)
+    hosts = []
+    for length in range(257):
+        for tail in (b"", b"\x00" + bytes(rng.randrange(1, 256) for _ in range(20))):
+            text = bytes(rng.choice(b"abcdefghij.-:0123456789\xc3\xa9\xff") for _ in range(length))
+            hosts.append((text + tail)[:256])
+    shared = b"h" * 100  # the same first 100 bytes, different after: not one memo entry
+    hosts += [shared + b".example.com", shared + b".example.org", shared + b"\x00x", shared]
+    hosts += [b"198.51.100.7", b"2001:db8::7", b"::ffff:198.51.100.8"] * 40
+    rng.shuffle(hosts)
+    lines = [b"ssh:notty", b"pts/0", b"", b"ssh:notty\x00junk", b"\xff" * 32]
+    addrs = [bytes(16), ipaddress.ip_address("203.0.113.9").packed + bytes(12),
+             ipaddress.ip_address("2001:db8::9").packed]  # fmt: skip
+    raws = [
+        RECORD.pack(rng.choice((6, 6, 6, 7, 0, 42)), i, rng.choice(lines[:2]) if i % 7 else
+                    rng.choice(lines), b"", rng.choice((b"root", b"x" * 32, b"\xc3")), host, 0, 0,
+                    0, rng.choice((1, 1_700_000_000, -1)), 0, rng.choice(addrs))
+        for i, host in enumerate(hosts)
+    ]  # fmt: skip
+    memo = UtmpMemo()
+    for start in range(0, len(raws), 37):
+        parsed, _ = parse_utmp(b"".join(raws[start : start + 37]), memo)
+        assert parsed == [_whole_fields(raw) for raw in raws[start : start + 37]]
+    assert utmp.HOST_HEAD == 48
 
 
 def test_malformed_records_are_flagged_not_dropped() -> None:

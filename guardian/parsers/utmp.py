@@ -27,6 +27,7 @@ import struct
 from typing import NamedTuple
 
 from guardian.addresses import IPAddress, normalize, parse_address
+from guardian.gc_pause import collector_paused
 
 RECORD = struct.Struct("<hxxi32s4s32s256shhiii16s20x")
 RECORD_SIZE = RECORD.size  # 384
@@ -38,8 +39,8 @@ INIT_PROCESS, LOGIN_PROCESS, USER_PROCESS, DEAD_PROCESS, ACCOUNTING = 5, 6, 7, 8
 
 _ZERO12 = bytes(12)
 _ZERO16 = bytes(16)
-# A UtmpMemo is emptied when it holds more than this many entries. Each host entry holds its 272
-# raw bytes as the key: 8,192 keeps a big brute force's sources within a few MB.
+# A UtmpMemo is emptied when it holds more than this many entries (a big brute force's sources
+# and names fit; a key is at most 64 bytes).
 MEMO_LIMIT = 8192
 
 
@@ -57,8 +58,16 @@ class UtmpRecord(NamedTuple):
     malformed: bool = False
 
 
-# Only the fields we use are unpacked (id, exit, session and tv_usec are skipped as padding).
-_FIELDS = struct.Struct("<h2xi32s4x32s256s8xi4x16s20x")
+# Only the fields we use are unpacked (id, exit, session and tv_usec are skipped as padding), and
+# of the 256-byte host only its first HOST_HEAD bytes. Its text ends at the first NUL, so when one
+# is among them (every address as text, v4 or v6, and any shorter host name) the rest of the
+# field cannot change it; a longer host is read whole from its record (_long_host). Why: the
+# memo's key is hashed and compared per record, and with the whole field in it that was an
+# eighth of the instructions per record (callgrind; BENCHMARKS.md "btmp parse").
+HOST_HEAD = 48
+_HOST_AT = 76  # the host field's offset in a record
+_HOST_SIZE = 256
+_FIELDS = struct.Struct(f"<h2xi32s4x32s{HOST_HEAD}s{_HOST_SIZE - HOST_HEAD}x8xi4x16s20x")
 assert _FIELDS.size == RECORD_SIZE
 
 _new_record = tuple.__new__  # what NamedTuple._make uses: skips the generated __new__ frame
@@ -73,7 +82,8 @@ class UtmpMemo:
 
     def __init__(self) -> None:
         self.texts: dict[bytes, str] = {}  # raw field -> text
-        self.hosts: dict[tuple[bytes, bytes], tuple[str, IPAddress | None]] = {}  # (addr, host)
+        # (ut_addr_v6, the host's head) -> (host text, address)
+        self.hosts: dict[tuple[bytes, bytes], tuple[str, IPAddress | None]] = {}
 
 
 def parse_utmp(
@@ -94,30 +104,45 @@ def parse_utmp(
     if len(hosts) > MEMO_LIMIT:
         hosts.clear()
     new, cls = _new_record, UtmpRecord
+    view = memoryview(data)[:consumed]
     records: list[UtmpRecord] = []
     append = records.append
-    for ut_type, pid, line, user, host, sec, addr in _FIELDS.iter_unpack(
-        memoryview(data)[:consumed]
-    ):
-        line_text = texts.get(line)
-        if line_text is None:
-            line_text = texts[line] = _text(line)
-        user_text = texts.get(user)
-        if user_text is None:
-            user_text = texts[user] = _text(user)
-        host_key = (addr, host)
-        host_entry = hosts.get(host_key)
-        if host_entry is None:
-            host_entry = hosts[host_key] = _host(addr, host)
-        host_text, address = host_entry
-        malformed = (ut_type != LOGIN_PROCESS or sec < 0) and _malformed(ut_type, pid, sec)
-        append(new(cls, (ut_type, pid, line_text, user_text, host_text, sec, address, malformed)))
+    last_line, line_text = None, ""  # a btmp's lines are all "ssh:notty": one comparison each
+    with collector_paused():  # the records cannot form cycles (gc_pause)
+        for ut_type, pid, line, user, head, sec, addr in _FIELDS.iter_unpack(view):
+            if line != last_line:
+                found = texts.get(line)
+                if found is None:
+                    found = texts[line] = _text(line)
+                last_line, line_text = line, found
+            user_text = texts.get(user)
+            if user_text is None:
+                user_text = texts[user] = _text(user)
+            host_key = (addr, head)
+            host_entry = hosts.get(host_key)
+            if host_entry is None:
+                if b"\0" in head:
+                    host_entry = hosts[host_key] = _host(addr, head)
+                else:  # not memoised: the head does not determine the text
+                    host_entry = _host(addr, _long_host(view, len(records)))
+            host_text, address = host_entry
+            malformed = (ut_type != LOGIN_PROCESS or sec < 0) and _malformed(ut_type, pid, sec)
+            append(
+                new(cls, (ut_type, pid, line_text, user_text, host_text, sec, address, malformed))
+            )
     return records, consumed
 
 
 def _text(raw: bytes) -> str:
     """A C string field: up to the first NUL, decoded."""
     return raw.partition(b"\0")[0].decode("utf-8", "replace")
+
+
+def _long_host(view: memoryview, index: int) -> bytes:
+    """The whole host field of record `index`: for a host with no NUL in its head (a DNS name of
+    48 characters or more, which only UseDNS gives)."""
+    at = index * RECORD_SIZE + _HOST_AT
+    return bytes(view[at : at + _HOST_SIZE])
 
 
 def _host(addr: bytes, raw_host: bytes) -> tuple[str, IPAddress | None]:
