@@ -509,11 +509,14 @@ def test_operator_ban_with_a_bad_duration_is_refused(duration: float) -> None:
 # -- start-up ------------------------------------------------------------------------------------
 
 
-def test_bans_found_in_the_kernel_are_adopted_without_actions() -> None:
+def test_bans_found_in_the_kernel_are_adopted_without_kernel_actions() -> None:
     e = engine()
     e.feed(OffencesLoaded((OffenceRecord(net("203.0.113.5/32"), 3, T0 - 100),)), T0)
     assert e.feed(BanFound(net("203.0.113.5/32"), 500.0), T0) == []
-    assert e.feed(BanFound(net("2001:db8:9::/64"), None), T0) == []
+    # no history: one is made (test_an_adopted_ban_without_history_counts_as_an_offence)
+    assert e.feed(BanFound(net("2001:db8:9::/64"), None), T0) == [
+        RecordOffence(net("2001:db8:9::/64"), 1, T0)
+    ]
     assert e.snapshot(T0).bans == (
         BanView(net("203.0.113.5/32"), "adopted", T0 - 100, T0 + 500, 3),
         BanView(net("2001:db8:9::/64"), "adopted", T0, None, 1),
@@ -529,6 +532,27 @@ def test_bans_found_in_the_kernel_are_adopted_without_actions() -> None:
     assert fail_times(e, [T0 + 600 + n for n in range(5)])[0] == Ban(
         net("203.0.113.5/32"), 4800.0, REASON5, 4
     )
+
+
+def test_an_adopted_ban_without_history_counts_as_an_offence() -> None:
+    """A daemon killed between the kernel's commit of a ban and the store's commit of its
+    offence (the chaos test found one) leaves a ban with no history. The daemon that adopts it
+    records offence 1, so that source's next ban, after this one expired and after restarts that
+    never saw it, is offence 2; a ban adopted with its history records nothing."""
+    e = engine()
+    assert e.adopt_bans([BanFound(net("203.0.113.5/32"), 20.0)], T0) == [
+        RecordOffence(net("203.0.113.5/32"), 1, T0)
+    ]
+    assert e.snapshot(T0).counters["offences_restored"] == 1
+    later = engine()  # a restart after the ban expired: the store gave back what was recorded
+    later.feed(OffencesLoaded((OffenceRecord(net("203.0.113.5/32"), 1, T0),)), T0 + 60)
+    assert fail_times(later, [T0 + 60 + n for n in range(5)])[0] == Ban(
+        net("203.0.113.5/32"), 1200.0, REASON5, 2
+    )
+    recorded = engine()
+    recorded.feed(OffencesLoaded((OffenceRecord(net("203.0.113.5/32"), 2, T0 - 5),)), T0)
+    assert recorded.adopt_bans([BanFound(net("203.0.113.5/32"), 20.0)], T0) == []
+    assert recorded.snapshot(T0).counters["offences_restored"] == 0
 
 
 def test_adopted_bans_covering_trusted_addresses_are_lifted() -> None:

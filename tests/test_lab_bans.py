@@ -53,6 +53,7 @@ import random
 import re
 import shutil
 import signal
+import sqlite3
 import struct
 import subprocess
 import sys
@@ -882,6 +883,48 @@ def test_restart_during_a_ban_keeps_it_and_the_next_ban_is_longer(
     assert 30 < again <= 40, f"second ban {again} s: the offence count did not persist"
     bans = snapshot(second)["bans"]
     assert [(b["source"], b["offence"]) for b in bans] == [(f"{src}/32", 2)], bans
+
+
+def test_a_ban_whose_offence_was_not_stored_still_escalates_the_next(
+    banlab: BanLab, daemons: Daemons
+) -> None:
+    """The crash window the chaos test found (session 9): the daemon puts a ban in the kernel,
+    then commits its offence to the store; killed between the two, it leaves a ban in the kernel
+    and no history. Made here exactly: ban, kill -9, delete the offence row. The next daemon
+    adopts the ban and records the offence; a third, started after the ban ran out (it never
+    saw it), bans the source's next attack as offence 2: 40 s, not 20."""
+    env = banlab
+    ban = all_sources("normal", 3, factor="2")
+    first = daemons.start(ban, name="lost-offence")
+    src = env.fresh_address()
+    plan = [ROOT_PASSWORD, ROOT_PASSWORD, ROOT_PASSWORD]
+    run_attack(env, first, src, plan, mode="normal", origins=2, btmp=True, maxretry=3)
+    first.kill()
+    state = env.lab.workdir / "state-lost-offence.db"
+    with contextlib.closing(sqlite3.connect(state)) as db, db:
+        deleted = db.execute("DELETE FROM offences WHERE network = ?", (f"{src}/32",)).rowcount
+    assert deleted == 1, "the first daemon did not store its offence: nothing to lose"
+    left = ban_elements(env)[src]
+    assert left is not None
+    second = daemons.start(ban, name="lost-offence")
+    assert [(b["source"], b["offence"]) for b in snapshot(second)["bans"]] == [(f"{src}/32", 1)]
+    assert counters(second)["offences_restored"] == 1
+    second.stop()
+    with contextlib.closing(sqlite3.connect(state)) as db:
+        rows = db.execute("SELECT offences FROM offences WHERE network = ?", (f"{src}/32",))
+        assert [row[0] for row in rows] == [1], "the restored offence was not stored"
+    assert wait_unbanned(env, src, timeout=left + 5), "the kernel timeout did not end the ban"
+    third = daemons.start(ban, name="lost-offence")
+    assert snapshot(third)["bans"] == []
+    counted_before = counters(third)["failures_counted"]
+    for i, kind in enumerate(plan):
+        attempt(env, kind, src)
+        if i < len(plan) - 1:
+            wait_counters(third, {"failures_counted": counted_before + i + 1})
+    again = wait_banned(env, src)
+    assert again is not None, f"not banned again: {counters(third)}"
+    assert 30 < again <= 40, f"second ban {again} s: the lost offence was not restored"
+    assert [(b["source"], b["offence"]) for b in snapshot(third)["bans"]] == [(f"{src}/32", 2)]
 
 
 # -- must show: big logs at start-up, and replaying them -------------------------------------

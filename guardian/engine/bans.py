@@ -32,8 +32,12 @@
 #   * Bans: the kernel times them out (set element timeouts); the engine tracks each until its
 #     deadline, then forgets it (Notice "unban", no action). Failures of a banned source are
 #     counted (failures_while_banned) and never escalate. Bans found in the kernel at start are
-#     adopted as they are (BanFound, no action), unless they cover trusted addresses or loopback:
-#     those are lifted, as they are when [guard] trusted grows at a reload.
+#     adopted as they are (BanFound, no kernel action), unless they cover trusted addresses or
+#     loopback: those are lifted, as they are when [guard] trusted grows at a reload. An adopted
+#     ban with no offence history gets one (offence 1, RecordOffence): the daemon goes to the
+#     kernel before the store, so one killed between the two left the ban without it. (A ban
+#     whose source had older history, offence k, is adopted as offence k: that one crash window
+#     can still cost a step of escalation.)
 #   * Kernel layout (effectors/nft_rules.py): single IPv4 addresses and IPv6 prefixes of exactly
 #     ipv6_prefix live in hash sets; every other network in interval sets, where the kernel (and
 #     nft) refuse overlapping elements even when the same transaction deletes the older one. So an
@@ -509,8 +513,9 @@ class BanTable:
                 actions += self._lift_shielded(key, network, shielded)
                 continue
             record = offences.get(key)
-            if record is None:
+            if record is None:  # see _restore_offence
                 since, offence = now, 1
+                actions.append(self._restore_offence(key, network, wall))
             else:
                 since, offence = now - max(0.0, wall - record.last_ban_wall), record.offences
             if key in bans:
@@ -524,6 +529,7 @@ class BanTable:
                 deadlines.append((until, key))
             adopted += 1
         self._counters["bans_adopted"] += adopted
+        actions += self._trim_offences()
         if len(deadlines) > 64:
             self._expiry += deadlines
             heapq.heapify(self._expiry)
@@ -532,6 +538,15 @@ class BanTable:
                 heapq.heappush(self._expiry, entry)
         self._compact_expiry()
         return actions
+
+    def _restore_offence(self, key: NetKey, network: IPNetwork, wall: float) -> RecordOffence:
+        """An adopted ban with no offence history: the daemon that banned it died between the
+        kernel's commit and the store's (the kernel goes first, daemon._apply), or the store was
+        lost. It is an offence all the same, so it gets its history (offence 1, as of now), or
+        that source's next ban would be a first offence again."""
+        self._offences[key] = OffenceRecord(network, 1, wall)
+        self._counters["offences_restored"] += 1
+        return RecordOffence(network, 1, wall)
 
     def _lift_shielded(self, key: NetKey, network: IPNetwork, shield: NetKey) -> list[Action]:
         """A ban found in the kernel covers loopback or trusted addresses: lift it."""
