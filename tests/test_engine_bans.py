@@ -555,6 +555,28 @@ def test_an_adopted_ban_without_history_counts_as_an_offence() -> None:
     assert recorded.snapshot(T0).counters["offences_restored"] == 0
 
 
+def test_failures_older_than_the_last_ban_do_not_count_again() -> None:
+    """After a restart a watcher may read again failures the previous daemon had already banned
+    for (it was killed before it saved its positions). Once that ban has run out they must not
+    count toward the next one: only failures after the last ban do."""
+    e = engine()
+    e.feed(OffencesLoaded((OffenceRecord(net("203.0.113.5/32"), 1, T0 + 10),)), T0 + 100)
+    # four failures from before the ban at T0 + 10, read again at T0 + 100: none counts
+    assert [e.feed(failed(ATTACKER, pid=900 + n, at=T0 + n), T0 + 100) for n in range(4)] == [
+        [],
+        [],
+        [],
+        [],
+    ]
+    counters = e.snapshot(T0 + 100).counters
+    assert (counters["failures_before_ban"], counters["failures_counted"]) == (4, 0)
+    # it takes five new ones to ban, as offence 2
+    assert fail_times(e, [T0 + 100 + n for n in range(4)]) == []
+    assert e.feed(failed(ATTACKER, pid=2000, at=T0 + 105), T0 + 105)[0] == Ban(
+        net("203.0.113.5/32"), 1200.0, REASON5, 2
+    )
+
+
 def test_adopted_bans_covering_trusted_addresses_are_lifted() -> None:
     e = engine()
     assert e.feed(BanFound(net("198.51.0.0/16"), 100.0), T0) == [

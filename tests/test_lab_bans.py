@@ -848,41 +848,55 @@ def test_rotating_both_files_with_every_source_counts_each_attempt_once(
 # -- must show: a restart keeps the ban, and the offence escalates ---------------------------
 
 
+ESCALATING = all_sources("normal", 3, factor="2")  # 20 s, then 40 s
+THREE_FAILURES = [ROOT_PASSWORD, ROOT_PASSWORD, ROOT_PASSWORD]
+
+
+def banned_once(env: BanLab, daemons: Daemons, name: str) -> tuple[GuardianHandle, str]:
+    """A daemon (state store `name`) and a fresh source it has just banned: offence 1, 20 s."""
+    first = daemons.start(ESCALATING, name=name)
+    src = env.fresh_address()
+    run_attack(env, first, src, THREE_FAILURES, mode="normal", origins=2, btmp=True, maxretry=3)
+    return first, src
+
+
+def banned_again_for_offence_2(env: BanLab, handle: GuardianHandle, src: str) -> None:
+    """Once its first ban has run out: the same source fails again and is banned for 2 x 20 s."""
+    assert connect(env, src, 22) == "connected"
+    counted_before = counters(handle)["failures_counted"]
+    for i, kind in enumerate(THREE_FAILURES):
+        attempt(env, kind, src)
+        if i < len(THREE_FAILURES) - 1:
+            wait_counters(handle, {"failures_counted": counted_before + i + 1})
+            assert src not in ban_elements(env)
+    again = wait_banned(env, src)
+    assert again is not None, f"not banned again: {counters(handle)}"
+    assert 30 < again <= 40, f"second ban {again} s: the offence count did not persist"
+    bans = snapshot(handle)["bans"]
+    assert [(b["source"], b["offence"]) for b in bans] == [(f"{src}/32", 2)], bans
+
+
 def test_restart_during_a_ban_keeps_it_and_the_next_ban_is_longer(
     banlab: BanLab, daemons: Daemons
 ) -> None:
     env = banlab
-    ban = all_sources("normal", 3, factor="2")
-    first = daemons.start(ban, name="restart")
-    src = env.fresh_address()
-    plan = [ROOT_PASSWORD, ROOT_PASSWORD, ROOT_PASSWORD]
-    run_attack(env, first, src, plan, mode="normal", origins=2, btmp=True, maxretry=3)
+    first, src = banned_once(env, daemons, "restart")
     left = ban_elements(env)[src]
     assert left is not None and left <= 20
     # kill -9: nothing written at exit; what was committed when the ban was made must do.
     first.kill()
     assert src in ban_elements(env), "the ban left the kernel with the daemon"
-    second = daemons.start(ban, name="restart")  # the same state store
+    second = daemons.start(ESCALATING, name="restart")  # the same state store
     elements = ban_elements(env)
     assert list(elements) == [src], elements  # still there, once
     still = elements[src]
     assert still is not None and still <= left  # adopted as it is, not re-banned from scratch
     bans = snapshot(second)["bans"]
     assert [(b["source"], b["offence"]) for b in bans] == [(f"{src}/32", 1)], bans
+    assert counters(second)["offences_restored"] == 0  # its history was stored
     # The ban runs out in the kernel; the same source comes back and is banned again: 2 x 20 s.
     assert wait_unbanned(env, src, timeout=still + 5), "the kernel timeout did not end the ban"
-    assert connect(env, src, 22) == "connected"
-    counted_before = counters(second)["failures_counted"]
-    for i, kind in enumerate(plan):
-        attempt(env, kind, src)
-        if i < len(plan) - 1:
-            wait_counters(second, {"failures_counted": counted_before + i + 1})
-            assert src not in ban_elements(env)
-    again = wait_banned(env, src)
-    assert again is not None, f"not banned again: {counters(second)}"
-    assert 30 < again <= 40, f"second ban {again} s: the offence count did not persist"
-    bans = snapshot(second)["bans"]
-    assert [(b["source"], b["offence"]) for b in bans] == [(f"{src}/32", 2)], bans
+    banned_again_for_offence_2(env, second, src)
 
 
 def test_a_ban_whose_offence_was_not_stored_still_escalates_the_next(
@@ -894,11 +908,7 @@ def test_a_ban_whose_offence_was_not_stored_still_escalates_the_next(
     adopts the ban and records the offence; a third, started after the ban ran out (it never
     saw it), bans the source's next attack as offence 2: 40 s, not 20."""
     env = banlab
-    ban = all_sources("normal", 3, factor="2")
-    first = daemons.start(ban, name="lost-offence")
-    src = env.fresh_address()
-    plan = [ROOT_PASSWORD, ROOT_PASSWORD, ROOT_PASSWORD]
-    run_attack(env, first, src, plan, mode="normal", origins=2, btmp=True, maxretry=3)
+    first, src = banned_once(env, daemons, "lost-offence")
     first.kill()
     state = env.lab.workdir / "state-lost-offence.db"
     with contextlib.closing(sqlite3.connect(state)) as db, db:
@@ -906,7 +916,7 @@ def test_a_ban_whose_offence_was_not_stored_still_escalates_the_next(
     assert deleted == 1, "the first daemon did not store its offence: nothing to lose"
     left = ban_elements(env)[src]
     assert left is not None
-    second = daemons.start(ban, name="lost-offence")
+    second = daemons.start(ESCALATING, name="lost-offence")
     assert [(b["source"], b["offence"]) for b in snapshot(second)["bans"]] == [(f"{src}/32", 1)]
     assert counters(second)["offences_restored"] == 1
     second.stop()
@@ -914,17 +924,9 @@ def test_a_ban_whose_offence_was_not_stored_still_escalates_the_next(
         rows = db.execute("SELECT offences FROM offences WHERE network = ?", (f"{src}/32",))
         assert [row[0] for row in rows] == [1], "the restored offence was not stored"
     assert wait_unbanned(env, src, timeout=left + 5), "the kernel timeout did not end the ban"
-    third = daemons.start(ban, name="lost-offence")
+    third = daemons.start(ESCALATING, name="lost-offence")
     assert snapshot(third)["bans"] == []
-    counted_before = counters(third)["failures_counted"]
-    for i, kind in enumerate(plan):
-        attempt(env, kind, src)
-        if i < len(plan) - 1:
-            wait_counters(third, {"failures_counted": counted_before + i + 1})
-    again = wait_banned(env, src)
-    assert again is not None, f"not banned again: {counters(third)}"
-    assert 30 < again <= 40, f"second ban {again} s: the lost offence was not restored"
-    assert [(b["source"], b["offence"]) for b in snapshot(third)["bans"]] == [(f"{src}/32", 2)]
+    banned_again_for_offence_2(env, third, src)
 
 
 # -- must show: big logs at start-up, and replaying them -------------------------------------

@@ -380,6 +380,12 @@ class BanTable:
         if at < wall - self.policy.findtime:
             self._counters["failures_stale"] += new
             return []
+        record = self._offences.get(self.counting_key(source))
+        if record is not None and at < record.last_ban_wall:
+            # Older than this source's last ban: read again after a restart (a daemon killed
+            # before it saved its positions), it was part of that ban, not of the next.
+            self._counters["failures_before_ban"] += new
+            return []
         if not self.policy.enabled:
             self._counters["failures_ignored"] += new
             return []

@@ -133,6 +133,7 @@ COUNTER_NAMES: tuple[str, ...] = (
     "failures_in_session",  # from a source with a live accepted session: never counted
     "failures_while_banned",  # distinct attempts of a banned source (no escalation)
     "failures_stale",  # older than findtime when they arrived (replayed history)
+    "failures_before_ban",  # older than their source's last ban (read again after a restart)
     "failures_ignored",  # distinct attempts while [ban] enabled = false
     "failure_sources_evicted",  # failure windows dropped to keep them under the cap (LRU)
     "failure_joins_evicted",  # join keys (source, sshd PID) dropped under the cap (LRU)
