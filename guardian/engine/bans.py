@@ -380,7 +380,8 @@ class BanTable:
         if at < wall - self.policy.findtime:
             self._counters["failures_stale"] += new
             return []
-        record = self._offences.get(self.counting_key(source))
+        key = self.counting_key(source)
+        record = self._offences.get(key)
         if record is not None and at < record.last_ban_wall:
             # Older than this source's last ban: read again after a restart (a daemon killed
             # before it saved its positions), it was part of that ban, not of the next.
@@ -390,7 +391,7 @@ class BanTable:
             self._counters["failures_ignored"] += new
             return []
         self._counters["failures_counted"] += new
-        return self._count(source, at, new, event.rule, now, wall)
+        return self._count(source, key, at, new, event.rule, now, wall)
 
     def counting_key(self, source: IPAddress) -> NetKey:
         """The network a source's failures count for (and that its ban covers)."""
@@ -400,9 +401,16 @@ class BanTable:
         return address_key(source)
 
     def _count(
-        self, source: IPAddress, at: float, new: int, rule: str, now: float, wall: float
+        self,
+        source: IPAddress,
+        key: NetKey,
+        at: float,
+        new: int,
+        rule: str,
+        now: float,
+        wall: float,
     ) -> list[Action]:
-        key = self.counting_key(source)
+        """`key`: counting_key(source), the window's and the ban's network."""
         floor = wall - self.policy.findtime
         times = [t for t in self._windows.pop(key, ()) if t >= floor]
         for _ in range(min(new, self.policy.maxretry)):
