@@ -2,11 +2,14 @@
 # the daemon does when it restarts on a busy host. 70k IPv4 addresses and 30k IPv6 /64s are put in
 # `table inet guardian` (ban4, ban6_64) of a private namespace in one batch; then, `--runs` times,
 # NftEffector.list_bans() (raw netlink) and Engine.adopt_bans() with the cyclic GC paused, as the
-# daemon does. Reports each run, the median and the best. tests/test_nft_bans_lab.py checks that
+# daemon does. Each element carries its offence as its comment, as the daemon writes them
+# (nft_rules.py); --no-comments leaves them out, for comparison. Reports each run, the median
+# and the best. tests/test_nft_bans_lab.py checks that
 # adoption is complete (every ban found, adopted and enforced) with only a loose time bound: a
 # timed assertion at the target would fail on a noisy CI machine for reasons not in the code.
 #
-#   sudo .venv/bin/python bench/adopt_bans.py [--runs 5] [--json bench/results/adopt_bans.json]
+#   sudo .venv/bin/python bench/adopt_bans.py [--runs 5] [--no-comments]
+#        [--json bench/results/adopt_bans.json]
 from __future__ import annotations
 
 import argparse
@@ -36,16 +39,23 @@ CONFIG = Config(guard=Guard(ports=(22,), trusted=(ipaddress.ip_network("198.51.1
 V4, V6 = 70_000, 30_000
 
 
-def _elements(rng: random.Random) -> tuple[list[object], list[object]]:
+def _elements(rng: random.Random, comments: bool) -> tuple[list[object], list[object]]:
     v4: set[int] = set()
     while len(v4) < V4:
         v4.add(0x0B000000 + rng.getrandbits(26))  # 11.0.0.0 to 14.255.255.255: none trusted
     v6: set[int] = set()
     while len(v6) < V6:
         v6.add((0x20010DB8 << 96) | (rng.getrandbits(32) << 64))
+
+    def element(value: str, timeout: int) -> object:
+        inner: dict[str, object] = {"val": value, "timeout": timeout}
+        if comments:  # offences 1-4, as escalating bans of a long brute force leave them
+            inner["comment"] = f"offence {1 + rng.randrange(4)}"
+        return {"elem": inner}
+
     return (
-        [{"elem": {"val": str(ipaddress.IPv4Address(a)), "timeout": 3600}} for a in v4],
-        [{"elem": {"val": str(ipaddress.IPv6Address(a)), "timeout": 7200}} for a in v6],
+        [element(str(ipaddress.IPv4Address(a)), 3600) for a in v4],
+        [element(str(ipaddress.IPv6Address(a)), 7200) for a in v6],
     )
 
 
@@ -57,7 +67,7 @@ def _one_run(nft: NftEffector) -> dict[str, float]:
         started = time.perf_counter()
         listed = nft.list_bans()
         middle = time.perf_counter()
-        engine.adopt_bans([BanFound(n, left) for n, left in listed], 50.0)
+        engine.adopt_bans([BanFound(*found) for found in listed], 50.0)
         ended = time.perf_counter()
     finally:
         gc.enable()
@@ -74,12 +84,13 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--json", default="")
+    ap.add_argument("--no-comments", action="store_true", help="elements without offences")
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("needs root (network namespaces, nftables)", file=sys.stderr)
         return 1
     load_before = os.getloadavg()[0]
-    elements4, elements6 = _elements(random.Random(14))
+    elements4, elements6 = _elements(random.Random(14), not args.no_comments)
     runs: list[dict[str, float]] = []
     with scratch_namespaces("gadb") as make_ns, inside(make_ns("adopt")):
         nft = NftEffector()
@@ -106,6 +117,7 @@ def main() -> int:
         "benchmark": "adopt 100k bans at start-up (list from the kernel + engine)",
         "command": "bench/adopt_bans.py",
         "bans": V4 + V6,
+        "offence_comments": not args.no_comments,
         "inserted_in_one_batch_s": round(inserted, 2),
         "runs": runs,
         "median_total_s": round(statistics.median(totals), 3),

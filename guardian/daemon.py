@@ -253,7 +253,7 @@ class Daemon:
         # Adopting bans is one step whatever their number (100k in well under a second); the
         # collector only slows the many small objects down, so it waits.
         with collector_paused():
-            found = [BanFound(network, left) for network, left in self.nft.list_bans()]
+            found = [BanFound(*listed) for listed in self.nft.list_bans()]
             actions += self.engine.adopt_bans(found, now, wall=wall)
         if found:
             log.info("adopted %d ban(s) already in the kernel", len(found))

@@ -169,10 +169,12 @@ class UnbanRequested:
 
 @dataclass(frozen=True, slots=True)
 class BanFound:
-    """A ban already in the kernel at start-up (adoption): remaining seconds, None if permanent."""
+    """A ban already in the kernel at start-up (adoption): remaining seconds, None if permanent;
+    `offence`: the number the element's comment carries (None: no comment of ours)."""
 
     network: IPNetwork
     expires_in: float | None
+    offence: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -577,6 +577,28 @@ def test_failures_older_than_the_last_ban_do_not_count_again() -> None:
     )
 
 
+def test_an_adopted_ban_takes_its_offence_from_its_element_when_the_history_lacks_it() -> None:
+    """The element's comment carries its offence (nft_rules.py): a ban whose store commit was
+    lost catches the history up to that number, so the next ban escalates from it; a history
+    that knows as much or more is kept as it is."""
+    src = net("203.0.113.5/32")
+    lost = engine()  # no history at all: offence 3 from the comment, not 1
+    assert lost.adopt_bans([BanFound(src, 20.0, 3)], T0) == [RecordOffence(src, 3, T0)]
+    assert lost.snapshot(T0).bans[0].offence == 3
+    behind = engine()  # the history saw offence 2; the kernel holds offence 3
+    behind.feed(OffencesLoaded((OffenceRecord(src, 2, T0 - 900),)), T0)
+    assert behind.adopt_bans([BanFound(src, 20.0, 3)], T0) == [RecordOffence(src, 3, T0)]
+    assert behind.snapshot(T0).counters["offences_restored"] == 1
+    later = engine()  # after a restart: the store has what was caught up
+    later.feed(OffencesLoaded((OffenceRecord(src, 3, T0),)), T0 + 60)
+    assert fail_times(later, [T0 + 60 + n for n in range(5)])[0] == Ban(src, 4800.0, REASON5, 4)
+    for known in (3, 5):  # the history knows as much, or more: nothing to record
+        ahead = engine()
+        ahead.feed(OffencesLoaded((OffenceRecord(src, known, T0 - 5),)), T0)
+        assert ahead.adopt_bans([BanFound(src, 20.0, 3)], T0) == []
+        assert ahead.snapshot(T0).bans[0].offence == known
+
+
 def test_adopted_bans_covering_trusted_addresses_are_lifted() -> None:
     e = engine()
     assert e.feed(BanFound(net("198.51.0.0/16"), 100.0), T0) == [

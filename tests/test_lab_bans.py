@@ -69,7 +69,9 @@ from typing import Any
 import pytest
 from systemd import journal
 
+from guardian.actions import RecordOffence
 from guardian.control_client import ControlClientError, request
+from guardian.effectors.state import StateStore
 from guardian.lab import Lab, SshdHandle, cleanup_stale, start_sshd
 from guardian.lab.guardian_proc import GuardianHandle, start_guardian
 from guardian.lab.journald import ensure_journald
@@ -927,6 +929,64 @@ def test_a_ban_whose_offence_was_not_stored_still_escalates_the_next(
     third = daemons.start(ESCALATING, name="lost-offence")
     assert snapshot(third)["bans"] == []
     banned_again_for_offence_2(env, third, src)
+
+
+def ban_comments(env: BanLab) -> dict[str, str | None]:
+    """address -> the comment of its element in ban4, as nft itself lists it"""
+    done = env.lab.run("server", ["nft", "-j", "list", "set", "inet", "guardian", "ban4"])
+    assert done.returncode == 0, done.stderr
+    comments: dict[str, str | None] = {}
+    for item in json.loads(done.stdout)["nftables"]:
+        for element in item.get("set", {}).get("elem", []):
+            if isinstance(element, dict):
+                comments[element["elem"]["val"]] = element["elem"].get("comment")
+    return comments
+
+
+def test_a_ban_whose_latest_offence_was_not_stored_still_escalates_from_it(
+    banlab: BanLab, daemons: Daemons
+) -> None:
+    """The same window for a source with a history: its store says offence 1 (an old ban), the
+    daemon bans it again (offence 2, 40 s) and is killed before the store records that. The
+    kernel's element carries "offence 2" as its comment; the next daemon adopts the ban as
+    offence 2 and stores it, and a third, started after the ban ran out, bans the source's next
+    attack as offence 3: 80 s, not 40 (which is what a history left at 1 gives)."""
+    env = banlab
+    src = env.fresh_address()
+    state = env.lab.workdir / "state-lost-step.db"
+    with StateStore(str(state)) as store:  # an old first offence, long past its findtime
+        store.apply([RecordOffence(ipaddress.ip_network(f"{src}/32"), 1, time.time() - 3600)])
+    first = daemons.start(ESCALATING, name="lost-step")
+    run_attack(env, first, src, THREE_FAILURES, mode="normal", origins=2, btmp=True, maxretry=3)
+    left = ban_elements(env)[src]
+    assert left is not None and 30 < left <= 40, f"ban {left} s is not offence 2's 40 s"
+    assert ban_comments(env)[src] == "offence 2"
+    first.kill()
+    with contextlib.closing(sqlite3.connect(state)) as db, db:
+        changed = db.execute(
+            "UPDATE offences SET offences = 1 WHERE network = ? AND offences = 2", (f"{src}/32",)
+        ).rowcount
+    assert changed == 1, "the first daemon did not store offence 2: nothing to lose"
+    second = daemons.start(ESCALATING, name="lost-step")
+    assert [(b["source"], b["offence"]) for b in snapshot(second)["bans"]] == [(f"{src}/32", 2)]
+    assert counters(second)["offences_restored"] == 1
+    second.stop()
+    with contextlib.closing(sqlite3.connect(state)) as db:
+        rows = db.execute("SELECT offences FROM offences WHERE network = ?", (f"{src}/32",))
+        assert [row[0] for row in rows] == [2], "the caught-up offence was not stored"
+    assert wait_unbanned(env, src, timeout=left + 5), "the kernel timeout did not end the ban"
+    third = daemons.start(ESCALATING, name="lost-step")
+    assert snapshot(third)["bans"] == []
+    assert connect(env, src, 22) == "connected"
+    counted_before = counters(third)["failures_counted"]
+    for i, kind in enumerate(THREE_FAILURES):
+        attempt(env, kind, src)
+        if i < len(THREE_FAILURES) - 1:
+            wait_counters(third, {"failures_counted": counted_before + i + 1})
+    again = wait_banned(env, src)
+    assert again is not None, f"not banned again: {counters(third)}"
+    assert 70 < again <= 80, f"third ban {again} s: offence 2 was lost on the way"
+    assert ban_comments(env)[src] == "offence 3"
 
 
 # -- must show: big logs at start-up, and replaying them -------------------------------------

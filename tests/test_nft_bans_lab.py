@@ -82,9 +82,15 @@ def lab(make_netns: Callable[[str], str]) -> Iterator[Any]:
 
 
 def bans_of(effector: Any) -> dict[IPNetwork, float | None]:
+    """network -> seconds left (None: permanent)"""
     found = effector.list_bans()
-    assert len(found) == len({network for network, _ in found}), found
-    return dict(found)
+    assert len(found) == len({network for network, _, _ in found}), found
+    return {network: left for network, left, _ in found}
+
+
+def offences_of(effector: Any) -> dict[IPNetwork, int | None]:
+    """network -> the offence its element's comment carries"""
+    return {network: offence for network, _, offence in effector.list_bans()}
 
 
 def apply(effector: Any, actions: Sequence[Action], prefix: int = 64) -> None:
@@ -201,24 +207,32 @@ def test_raw_listing_agrees_with_nft(lab: Any) -> None:
     actions: list[Action] = []
     for n in range(300):
         timeout = None if n % 7 == 0 else float(rng.randint(1000, 100000))
+        offence = rng.choice([1, 2, 9, 10, 99, 100, 12345, 999_999_999])  # comments of every length
         actions.append(
-            Ban(net(f"10.{n // 250}.{n % 250}.{rng.randint(1, 254)}/32"), timeout, "", 1)
+            Ban(net(f"10.{n // 250}.{n % 250}.{rng.randint(1, 254)}/32"), timeout, "", offence)
         )
         six = ipaddress.IPv6Network(((0x20010DB8 << 96) | (rng.getrandbits(32) << 64), 64))
-        actions.append(Ban(six, timeout, "", 1))
+        actions.append(Ban(six, timeout, "", offence))
     apply(lab, actions)
     ours = bans_of(lab)
     theirs: dict[IPNetwork, float | None] = {}
+    comments: dict[IPNetwork, str | None] = {}
     for name, length in (("ban4", 32), ("ban6_64", 64)):
         listing = json.loads(run("nft", "-j", "list", "set", FAMILY, TABLE_NAME, name))
         for item in listing["nftables"]:
             for element in item.get("set", {}).get("elem", []):
                 if isinstance(element, str):
                     theirs[net(f"{element}/{length}")] = None
+                    comments[net(f"{element}/{length}")] = None
                 else:
                     value = element["elem"]["val"]
-                    theirs[net(f"{value}/{length}")] = element["elem"]["expires"]
+                    theirs[net(f"{value}/{length}")] = element["elem"].get("expires")
+                    comments[net(f"{value}/{length}")] = element["elem"].get("comment")
     assert set(ours) == set(theirs) == {a.network for a in actions if isinstance(a, Ban)}
+    # Each element carries its ban's offence, and the raw dump reads what nft shows.
+    expected = {a.network: a.offence for a in actions if isinstance(a, Ban)}
+    assert offences_of(lab) == expected
+    assert comments == {network: f"offence {n}" for network, n in expected.items()}
     for network, left in ours.items():
         if theirs[network] is None:
             assert left is None
@@ -392,8 +406,19 @@ def test_adopting_100k_bans_is_complete_and_stays_linear(lab: Any) -> None:
     v6: set[int] = set()
     while len(v6) < 30_000:
         v6.add((0x20010DB8 << 96) | (rng.getrandbits(32) << 64))
-    elements4 = [{"elem": {"val": str(ipaddress.IPv4Address(a)), "timeout": 3600}} for a in v4]
-    elements6 = [{"elem": {"val": str(ipaddress.IPv6Address(a)), "timeout": 7200}} for a in v6]
+    # As the daemon writes them: each with its offence as its comment (nft_rules.py).
+    elements4 = [
+        {
+            "elem": {
+                "val": str(ipaddress.IPv4Address(a)),
+                "timeout": 3600,
+                "comment": f"offence {1 + a % 3}",
+            }
+        }
+        for a in v4
+    ]
+    elements6 = [{"elem": {"val": str(ipaddress.IPv6Address(a)), "timeout": 7200,
+                           "comment": f"offence {1 + (a >> 64) % 3}"}} for a in v6]  # fmt: skip
     inserted = time.perf_counter()
     lab.apply(
         [
@@ -414,15 +439,16 @@ def test_adopting_100k_bans_is_complete_and_stays_linear(lab: Any) -> None:
             cpu = time.process_time()
             listed = lab.list_bans()
             middle = time.perf_counter()
-            actions = engine.adopt_bans([BanFound(n, left) for n, left in listed], 50.0)
+            actions = engine.adopt_bans([BanFound(*found) for found in listed], 50.0)
             ended = time.perf_counter()
             cpu = time.process_time() - cpu
         finally:
             gc.enable()
-        # No kernel action; no history was loaded, so each ban gets one (offence 1).
-        restored = [a for a in actions if isinstance(a, RecordOffence) and a.offences == 1]
+        # No kernel action; no history was loaded, so each ban gets one: its comment's offence.
+        restored = [a for a in actions if isinstance(a, RecordOffence)]
         assert len(restored) == len(actions) == 100_000
-        assert {a.network for a in restored} == {network for network, _ in listed}
+        assert {(a.network, a.offences) for a in restored} == {(n, o) for n, _, o in listed}
+        assert {o for _, _, o in listed} == {1, 2, 3}
         assert len(listed) == 100_000
         snapshot = engine.snapshot(50.0)
         assert len(snapshot.bans) == 100_000

@@ -29,6 +29,8 @@ from guardian.effectors.nft_rules import (
     grant_commands,
     install_commands,
     kernel_timeout,
+    offence_comment,
+    offence_from_comment,
     remove_table_commands,
     revoke_commands,
     transaction,
@@ -205,6 +207,29 @@ def test_ban_is_add_delete_add_with_timeout_and_unban_add_delete() -> None:
     assert all(c[next(iter(c))]["element"]["elem"] == ["203.0.113.5"] for c in unban)
 
 
+def test_a_ban_element_carries_its_offence_as_its_comment() -> None:
+    commands = ban_commands(net("203.0.113.5/32"), 600, 64, offence=3)
+    assert commands[2]["add"]["element"]["elem"] == [
+        {"elem": {"val": "203.0.113.5", "timeout": 600, "comment": "offence 3"}}
+    ]
+    permanent = ban_commands(net("203.0.113.5/32"), None, 64, offence=12)
+    assert permanent[2]["add"]["element"]["elem"] == [
+        {"elem": {"val": "203.0.113.5", "comment": "offence 12"}}
+    ]
+    assert offence_from_comment(offence_comment(3)) == 3
+    assert offence_from_comment(offence_comment(999_999_999)) == 999_999_999
+
+
+@pytest.mark.parametrize(
+    "comment",
+    [None, "", "offence", "offence ", "offence 0", "offence 01", "offence -1", "offence 1x",
+     "offence 1234567890", "offence \u0661", "Offence 3", " offence 3", "offence 3 ",
+     "banned by hand"],
+)  # fmt: skip
+def test_a_comment_not_ours_reads_as_no_offence(comment: str | None) -> None:
+    assert offence_from_comment(comment) is None
+
+
 def test_ban_commands_return_fresh_data() -> None:
     commands = ban_commands(net("198.51.100.0/24"), 30)
     commands[0]["add"]["element"]["elem"][0]["prefix"]["len"] = 1
@@ -220,10 +245,10 @@ def test_ban6_set_names() -> None:
 
 
 def test_ban6_migration_moves_prefixes_to_bannet6_and_deletes_old_sets() -> None:
-    stale: list[tuple[str, list[tuple[IPNetwork, float | None]]]] = [
-        ("ban6_64", [(net("2001:db8:1:2::/64"), 100.4), (net("2001:db8:7:7::/64"), None),
-                     (net("2001:db8:9:1::/64"), 50.0)]),
-        ("ban6_56", [(net("2001:db8:1::/56"), 10.0)]),  # covers 2001:db8:1:2::/64: one of them
+    stale: list[tuple[str, list[tuple[IPNetwork, float | None, int | None]]]] = [
+        ("ban6_64", [(net("2001:db8:1:2::/64"), 100.4, 2), (net("2001:db8:7:7::/64"), None, None),
+                     (net("2001:db8:9:1::/64"), 50.0, 1)]),
+        ("ban6_56", [(net("2001:db8:1::/56"), 10.0, 3)]),  # covers 2001:db8:1:2::/64: one of them
     ]  # fmt: skip
     commands = ban6_migration_commands(stale, [net("2001:db8:9::/48")])
     assert commands == [
@@ -235,7 +260,7 @@ def test_ban6_migration_moves_prefixes_to_bannet6_and_deletes_old_sets() -> None
                     "name": "bannet6",
                     "elem": [
                         {"elem": {"val": {"prefix": {"addr": "2001:db8:1::", "len": 56}},
-                                  "timeout": 10}},
+                                  "timeout": 10, "comment": "offence 3"}},
                         {"prefix": {"addr": "2001:db8:7:7::", "len": 64}},
                     ],
                 }
@@ -382,7 +407,7 @@ def test_nft_accepts_install_then_an_engine_step(name: str, tmp_path: Path) -> N
 def test_nft_accepts_a_prefix_migration(tmp_path: Path) -> None:
     old = install_commands(Config()) + commands_for(BAN_STEP, ipv6_prefix=64)
     new = install_commands(CONFIGS["install_ban_guarded"]) + ban6_migration_commands(
-        [("ban6_64", [(net("2001:db8:1:2::/64"), 1200.0)])], [net("2001:db8:9::5/128")]
+        [("ban6_64", [(net("2001:db8:1:2::/64"), 1200.0, 2)])], [net("2001:db8:9::5/128")]
     )
     result = _nft_check(transaction(old + new), tmp_path)
     assert result.returncode == 0, result.stderr

@@ -33,13 +33,14 @@ from guardian.effectors.nft_rules import (
     commands_for,
     grant_commands,
     install_commands,
+    offence_from_comment,
     remove_table_commands,
     revoke_commands,
     transaction,
 )
 
 # A ban as listed from the kernel: the network and the seconds left (None: permanent).
-ListedBan = tuple[IPNetwork, float | None]
+ListedBan = tuple[IPNetwork, float | None, int | None]  # network, seconds left, offence
 
 
 class NftError(Exception):
@@ -78,7 +79,8 @@ class NftEffector:
         stale = [n for n in self._set_names() if ban6_prefix_of(n) not in (None, prefix)]
         if stale:
             moved = [(name, self._hash_bans(name)) for name in stale]
-            commands += ban6_migration_commands(moved, [n for n, _ in self._interval_bans(BANNET6)])
+            in_bannet6 = [n for n, _, _ in self._interval_bans(BANNET6)]
+            commands += ban6_migration_commands(moved, in_bannet6)
         self.apply(commands)
         self._ipv6_prefix = prefix
         self._ports = config.guard.ports
@@ -138,8 +140,9 @@ class NftEffector:
         return min(left) if left else None
 
     def list_bans(self) -> list[ListedBan]:
-        """Every ban in the kernel now: (network, seconds left; None = permanent), for the
-        engine to adopt at start-up (Engine.adopt_bans). [] when the table does not exist.
+        """Every ban in the kernel now: (network, seconds left or None = permanent, the offence
+        its comment carries or None), for the engine to adopt at start-up (Engine.adopt_bans).
+        [] when the table does not exist.
 
         The hash sets (ban4, every ban6_<P>) are read with a raw netlink dump (nft_dump.py),
         which keeps 100k bans well under a second; the interval sets through libnftables."""
@@ -174,13 +177,15 @@ class NftEffector:
             elements = self._dumper.elements(TABLE_NAME, name)
         except DumpError as exc:
             raise NftError(f"cannot list set {name}: {exc.strerror or exc}") from exc
-        keys = [key for key, _ in elements]
+        keys = [key for key, _, _ in elements]
         networks = networks_from_ints(4, 32, keys) if prefix is None else (
             networks_from_ints(6, prefix, keys)
         )  # fmt: skip
+        # Bans share a few comments: each is read once.
+        offences = {c: offence_from_comment(c) for c in {c for _, _, c in elements}}
         return [
-            (network, None if left is None else left / 1000)
-            for network, (_, left) in zip(networks, elements, strict=True)
+            (network, None if left is None else left / 1000, offences[comment])
+            for network, (_, left, comment) in zip(networks, elements, strict=True)
         ]
 
     def _interval_bans(self, name: str) -> list[ListedBan]:
@@ -211,8 +216,10 @@ def _items(output: Any) -> list[dict[str, Any]]:
 
 def _parse_ban(element: Any) -> ListedBan | None:
     """An interval-set element: an address, {"prefix": {...}}, or either inside
-    {"elem": {"val": ..., "expires": s}}. Ranges (made by hand) are skipped."""
+    {"elem": {"val": ..., "expires": s, "comment": "offence N"}}. Ranges (made by hand) are
+    skipped."""
     remaining: float | None = None
+    offence: int | None = None
     value = element
     if isinstance(element, dict) and isinstance(element.get("elem"), dict):
         inner = element["elem"]
@@ -222,12 +229,14 @@ def _parse_ban(element: Any) -> ListedBan | None:
             if isinstance(seconds, int | float) and not isinstance(seconds, bool):
                 remaining = float(seconds)
                 break
+        comment = inner.get("comment")
+        offence = offence_from_comment(comment if isinstance(comment, str) else None)
     try:
         if isinstance(value, str):
-            return ipaddress.ip_network(value), remaining
+            return ipaddress.ip_network(value), remaining, offence
         if isinstance(value, dict) and isinstance(value.get("prefix"), dict):
             prefix = value["prefix"]
-            return ipaddress.ip_network(f"{prefix['addr']}/{prefix['len']}"), remaining
+            return ipaddress.ip_network(f"{prefix['addr']}/{prefix['len']}"), remaining, offence
     except (KeyError, ValueError):
         return None
     return None

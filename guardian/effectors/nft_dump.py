@@ -15,8 +15,9 @@
 # Message layout (linux/netfilter/nf_tables.h, linux/netlink.h): a request is nlmsghdr + nfgenmsg
 # + attributes TABLE and SET; the kernel answers with NEWSETELEM messages whose ELEMENTS attribute
 # nests one LIST_ELEM per element: KEY { DATA_VALUE bytes }, TIMEOUT and EXPIRATION (u64 ms, big
-# endian) and FLAGS (u32). An element without TIMEOUT is permanent; one with TIMEOUT but no
-# EXPIRATION has just expired and is skipped.
+# endian), FLAGS (u32) and USERDATA (TLVs of one type byte and one length byte; type 0, the
+# comment, is a NUL-terminated string). An element without TIMEOUT is permanent; one with TIMEOUT
+# but no EXPIRATION has just expired and is skipped.
 from __future__ import annotations
 
 import errno
@@ -36,7 +37,8 @@ _SET_TABLE, _SET_NAME = 1, 2  # NFTA_SET_TABLE, NFTA_SET_NAME
 _NLMSG_ERROR, _NLMSG_DONE = 2, 3
 _ATTR_TYPE = 0x3FFF  # without NLA_F_NESTED / NLA_F_NET_BYTEORDER
 _LIST_TABLE, _LIST_SET, _LIST_ELEMENTS = 1, 2, 3
-_ELEM_KEY, _ELEM_FLAGS, _ELEM_TIMEOUT, _ELEM_EXPIRATION = 1, 3, 4, 5
+_ELEM_KEY, _ELEM_FLAGS, _ELEM_TIMEOUT, _ELEM_EXPIRATION, _ELEM_USERDATA = 1, 3, 4, 5, 6
+_UDATA_COMMENT = 0  # NFTNL_UDATA_SET_ELEM_COMMENT
 _INTERVAL_END = 0x1
 _RECV_SIZE = 1 << 20  # one datagram of a dump is at most a few pages; never truncated at 1 MiB
 _DUMP_TRIES = 3  # a dump the kernel marks interrupted (the set changed meanwhile) is retried
@@ -46,25 +48,30 @@ _ATTR = struct.Struct("=HH")  # nlattr: len, type
 _U64 = struct.Struct(">Q")
 _U32 = struct.Struct(">I")
 
-# (key as a big-endian integer, milliseconds left or None for a permanent element)
-Element = tuple[int, int | None]
+# (key as a big-endian integer, milliseconds left or None for a permanent element, the comment
+# or None)
+Element = tuple[int, int | None, str | None]
 
 # The usual element of a timed set, as kernels 5.x-6.x send it: LIST_ELEM { KEY { DATA_VALUE
-# (4 or 16 bytes) }, TIMEOUT u64, EXPIRATION u64 }. Matched by its attribute headers, then read
-# with one unpack; anything else takes the general walk. (~3x faster for 100k elements.)
+# (4 or 16 bytes) }, TIMEOUT u64, EXPIRATION u64 }, then at most USERDATA (a ban's comment).
+# Matched by its attribute headers, then read with one unpack; anything else takes the general
+# walk. (~3x faster for 100k elements.)
 _TIMEOUT_HEADER = _ATTR.pack(12, _ELEM_TIMEOUT)
 _EXPIRATION_HEADER = _ATTR.pack(12, _ELEM_EXPIRATION)
 _FAST = {
-    # element header + KEY header + DATA_VALUE header -> (struct of the values, element length)
-    _ATTR.pack(40, 1) + _ATTR.pack(12, _ELEM_KEY) + _ATTR.pack(8, 1): (
+    # LIST_ELEM's type + KEY header + DATA_VALUE header -> (struct of the values, length without
+    # USERDATA)
+    struct.pack("=H", 1) + _ATTR.pack(12, _ELEM_KEY) + _ATTR.pack(8, 1): (
         struct.Struct(">12xI4xQ4xQ"),
         40,
     ),
-    _ATTR.pack(52, 1) + _ATTR.pack(24, _ELEM_KEY) + _ATTR.pack(20, 1): (
+    struct.pack("=H", 1) + _ATTR.pack(24, _ELEM_KEY) + _ATTR.pack(20, 1): (
         struct.Struct(">12xQQ4xQ4xQ"),
         52,
     ),
 }
+_U16 = struct.Struct("=H")
+_UNSEEN = "\0unseen"  # a memo miss (no comment read from the kernel contains a NUL)
 
 
 class DumpError(OSError):
@@ -87,7 +94,8 @@ class SetDumper:
         attrs = _attr(_LIST_TABLE, _name(table)) + _attr(_LIST_SET, _name(set_name))
         for _ in range(_DUMP_TRIES):
             out: list[Element] = []
-            parse = functools.partial(_parse_message, out)
+            comments: dict[bytes, str | None] = {}  # raw USERDATA -> comment: bans share a few
+            parse = functools.partial(_parse_message, out, comments)
             done = self._request(_MSG_GETSETELEM, _NLM_F_DUMP, family, attrs, parse)
             if done is None:
                 continue  # interrupted: the set changed during the dump
@@ -184,7 +192,9 @@ def _collect_set_name(table: str, names: set[str], data: bytes, offset: int, end
         names.add(found[_SET_NAME])
 
 
-def _parse_message(out: list[Element], data: bytes, offset: int, end: int) -> None:
+def _parse_message(
+    out: list[Element], comments: dict[bytes, str | None], data: bytes, offset: int, end: int
+) -> None:
     """The attributes of one NEWSETELEM message (after nfgenmsg): collect its elements."""
     unpack = _ATTR.unpack_from
     while offset + 4 <= end:
@@ -192,42 +202,59 @@ def _parse_message(out: list[Element], data: bytes, offset: int, end: int) -> No
         if length < 4:
             return
         if kind & _ATTR_TYPE == _LIST_ELEMENTS:
-            _parse_elements(data, offset + 4, offset + length, out)
+            _parse_elements(data, offset + 4, offset + length, out, comments)
         offset += (length + 3) & ~3
 
 
-def _parse_elements(data: bytes, offset: int, end: int, out: list[Element]) -> None:
+def _parse_elements(
+    data: bytes, offset: int, end: int, out: list[Element], comments: dict[bytes, str | None]
+) -> None:
     unpack = _ATTR.unpack_from
     u64 = _U64.unpack_from
     fast = _FAST
     append = out.append
     while offset + 4 <= end:
-        layout = fast.get(data[offset : offset + 12])
+        layout = fast.get(data[offset + 2 : offset + 12])
         if layout is not None:
             values, size = layout
+            elem_length = _U16.unpack_from(data, offset)[0]
+            extra = elem_length - size  # 0, or one USERDATA attribute (checked below)
+            comment = None
+            if offset + elem_length > end:
+                extra = -1  # overruns its message: the general walk stops there
+            elif extra > 0:
+                # The memo holds only attributes found to be one USERDATA: a hit needs no check.
+                raw = data[offset + size : offset + elem_length]
+                comment = comments.get(raw, _UNSEEN)
+                if comment is _UNSEEN:
+                    if _is_userdata(raw, 0, extra):
+                        comment = comments[raw] = _userdata_comment(raw, 4, _U16.unpack(raw[:2])[0])
+                    else:
+                        extra = -1  # something else: the general walk below
             if (
-                offset + size <= end
+                extra >= 0
                 and data[offset + size - 24 : offset + size - 20] == _TIMEOUT_HEADER
                 and data[offset + size - 12 : offset + size - 8] == _EXPIRATION_HEADER
             ):
                 fields = values.unpack_from(data, offset)
                 if size == 40:
-                    append((fields[0], fields[2]))
+                    append((fields[0], fields[2], comment))
                 else:
-                    append(((fields[0] << 64) | fields[1], fields[3]))
-                offset += size
+                    append(((fields[0] << 64) | fields[1], fields[3], comment))
+                offset += (elem_length + 3) & ~3
                 continue
         elem_length, _ = unpack(data, offset)
         if elem_length < 4:
             return
-        inner, elem_end = offset + 4, offset + elem_length
+        inner, elem_end = offset + 4, min(offset + elem_length, end)
         key: int | None = None
         timeout = expires = None
         flags = 0
+        comment = None
         while inner + 4 <= elem_end:
             length, kind = unpack(data, inner)
-            if length < 4:
-                break
+            if length < 4 or inner + length > elem_end:
+                break  # broken or cut: what was read so far stands
             kind &= _ATTR_TYPE
             if kind == _ELEM_KEY:
                 value_length, _ = unpack(data, inner + 4)  # the nested DATA_VALUE
@@ -238,10 +265,32 @@ def _parse_elements(data: bytes, offset: int, end: int, out: list[Element]) -> N
                 timeout = u64(data, inner + 4)[0]
             elif kind == _ELEM_FLAGS:
                 flags = _U32.unpack_from(data, inner + 4)[0]
+            elif kind == _ELEM_USERDATA:
+                comment = _userdata_comment(data, inner + 4, inner + length)
             inner += (length + 3) & ~3
         offset += (elem_length + 3) & ~3
         if key is None or flags & _INTERVAL_END:
             continue
         if timeout is not None and expires is None:
             continue  # expired, not yet collected by the kernel
-        append((key, expires))
+        append((key, expires, comment))
+
+
+def _is_userdata(data: bytes, offset: int, room: int) -> bool:
+    """Whether the `room` bytes at offset are exactly one USERDATA attribute (padded)."""
+    if room < 4:
+        return False
+    length, kind = _ATTR.unpack_from(data, offset)
+    return bool(kind & _ATTR_TYPE == _ELEM_USERDATA and length >= 4 and (length + 3) & ~3 == room)
+
+
+def _userdata_comment(data: bytes, offset: int, end: int) -> str | None:
+    """The comment among an element's USERDATA TLVs (data[offset:end]), None without one."""
+    end = min(end, len(data))
+    while offset + 2 <= end:
+        kind, length = data[offset], data[offset + 1]
+        value = data[offset + 2 : min(offset + 2 + length, end)]
+        if kind == _UDATA_COMMENT:
+            return value.split(b"\0", 1)[0].decode("utf-8", "replace")
+        offset += 2 + length
+    return None

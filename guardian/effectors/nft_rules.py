@@ -36,6 +36,12 @@
 #   whatever was banned. [ban] scope = "guarded" limits them to the guarded TCP ports.
 # - The set name carries P: after ipv6_prefix changes, NftEffector.install moves the old set's
 #   prefixes into bannet6 (with the time they had left) and deletes it (ban6_migration_commands).
+# - Each ban element carries its offence number as its comment ("offence 3"; NFTA_SET_ELEM_USERDATA,
+#   kernel >= 5.5, nftables >= 0.9.4). Why: the daemon commits a ban to the kernel before it
+#   commits the offence to the state store (a ban must not wait for a disk write), so a daemon
+#   killed between the two would otherwise lose that escalation step; adoption reads the number
+#   back (offence_from_comment) and the store catches up. A comment that is not ours (a ban added
+#   by hand) reads as no number.
 #
 # Everyone doors (verified on nftables 1.0.6, tests/test_lab_everyone.py): set `everyone` (type
 # inet_service, flags timeout) holds the guarded ports while an open_to = "everyone" door is open,
@@ -329,20 +335,51 @@ def ban_element(network: IPNetwork, ipv6_prefix: int) -> tuple[str, Any]:
     return name, {"prefix": {"addr": str(network.network_address), "len": network.prefixlen}}
 
 
+_OFFENCE_PREFIX = "offence "
+_MAX_OFFENCE = 999_999_999  # nine digits: more than any history the store keeps
+
+
+def offence_comment(offence: int) -> str:
+    """The comment a ban element carries: its offence number (see the header)."""
+    return f"{_OFFENCE_PREFIX}{offence}"
+
+
+def offence_from_comment(comment: str | None) -> int | None:
+    """The offence number of an element's comment; None for no comment or one not ours."""
+    if comment is None or not comment.startswith(_OFFENCE_PREFIX):
+        return None
+    digits = comment[len(_OFFENCE_PREFIX) :]
+    if not (digits.isascii() and digits.isdigit()) or digits[0] == "0" or len(digits) > 9:
+        return None
+    return int(digits)
+
+
 def ban_commands(
-    network: IPNetwork, timeout: float | None, ipv6_prefix: int = DEFAULT_IPV6_PREFIX
+    network: IPNetwork,
+    timeout: float | None,
+    ipv6_prefix: int = DEFAULT_IPV6_PREFIX,
+    offence: int | None = None,
 ) -> list[Command]:
     """Ban (or re-ban) a network for `timeout` seconds (None: until unbanned): the grant
-    refresh recipe, which works whether or not the element exists, with whatever timeout."""
+    refresh recipe, which works whether or not the element exists, with whatever timeout. The
+    element carries `offence` as its comment."""
     name, value = ban_element(network, ipv6_prefix)
-    timed: Any = value
-    if timeout is not None:
-        timed = {"elem": {"val": value, "timeout": kernel_timeout(timeout)}}
     return [
         _element_command("add", name, [copy.deepcopy(value)]),
         _element_command("delete", name, [copy.deepcopy(value)]),
-        _element_command("add", name, [copy.deepcopy(timed)]),
+        _element_command("add", name, [_ban_entry(value, timeout, offence)]),
     ]
+
+
+def _ban_entry(value: Any, timeout: float | None, offence: int | None) -> Any:
+    """A ban set's element as JSON: the value alone, or {"elem": ...} with the kernel timeout
+    and the offence comment (a fresh copy of `value`)."""
+    entry: dict[str, Any] = {"val": copy.deepcopy(value)}
+    if timeout is not None:
+        entry["timeout"] = kernel_timeout(timeout)
+    if offence is not None and 0 < offence <= _MAX_OFFENCE:
+        entry["comment"] = offence_comment(offence)
+    return {"elem": entry} if len(entry) > 1 else entry["val"]
 
 
 def unban_commands(network: IPNetwork, ipv6_prefix: int = DEFAULT_IPV6_PREFIX) -> list[Command]:
@@ -355,18 +392,19 @@ def unban_commands(network: IPNetwork, ipv6_prefix: int = DEFAULT_IPV6_PREFIX) -
 
 
 def ban6_migration_commands(
-    stale: Sequence[tuple[str, Sequence[tuple[IPNetwork, float | None]]]],
+    stale: Sequence[tuple[str, Sequence[tuple[IPNetwork, float | None, int | None]]]],
     in_bannet6: Sequence[IPNetwork],
 ) -> list[Command]:
     """After [ban] ipv6_prefix changed: move the bans of old ban6_<Q> sets into bannet6 (with
-    the time they had left) and delete those sets. To run after install_commands in the same
-    transaction (its chain flush drops the rules that use them). A prefix that would overlap one
-    already in bannet6, or another moved one, is dropped rather than fail the whole install."""
+    the time they had left and their offence) and delete those sets. To run after
+    install_commands in the same transaction (its chain flush drops the rules that use them). A
+    prefix that would overlap one already in bannet6, or another moved one, is dropped rather
+    than fail the whole install."""
     existing = [n for n in in_bannet6 if isinstance(n, ipaddress.IPv6Network)]
     candidates = [
-        (network, remaining)
+        (network, remaining, offence)
         for _, bans in stale
-        for network, remaining in bans
+        for network, remaining, offence in bans
         if isinstance(network, ipaddress.IPv6Network)
         and not any(network.overlaps(other) for other in existing)  # bannet6 holds few
     ]
@@ -375,14 +413,12 @@ def ban6_migration_commands(
     candidates.sort(key=lambda c: (int(c[0].network_address), c[0].prefixlen))
     elements: list[Any] = []
     covered_to = -1  # the last address of the networks kept so far
-    for network, remaining in candidates:
+    for network, remaining, offence in candidates:
         if int(network.network_address) <= covered_to:
             continue
         covered_to = int(network.broadcast_address)
-        value: Any = {"prefix": {"addr": str(network.network_address), "len": network.prefixlen}}
-        if remaining is not None:
-            value = {"elem": {"val": value, "timeout": kernel_timeout(remaining)}}
-        elements.append(value)
+        value = {"prefix": {"addr": str(network.network_address), "len": network.prefixlen}}
+        elements.append(_ban_entry(value, remaining, offence))
     commands: list[Command] = []
     if elements:
         commands.append(_element_command("add", BANNET6, elements))
@@ -410,7 +446,9 @@ def commands_for(
             case RevokeGrant():
                 commands += revoke_commands(action.source)
             case Ban():
-                commands += ban_commands(action.network, action.timeout, ipv6_prefix)
+                commands += ban_commands(
+                    action.network, action.timeout, ipv6_prefix, action.offence
+                )
             case Unban():
                 commands += unban_commands(action.network, ipv6_prefix)
             case OpenEveryone():

@@ -527,9 +527,11 @@ class BanTable:
                 actions += self._lift_shielded(key, network, shielded)
                 continue
             record = offences.get(key)
-            if record is None:  # see _restore_offence
-                since, offence = now, 1
-                actions.append(self._restore_offence(key, network, wall))
+            found = event.offence
+            if record is None or (found is not None and found > record.offences):
+                # The store missed this ban: see _restore_offence
+                since, offence = now, found or 1
+                actions.append(self._restore_offence(key, network, wall, offence))
             else:
                 since, offence = now - max(0.0, wall - record.last_ban_wall), record.offences
             if key in bans:
@@ -553,14 +555,17 @@ class BanTable:
         self._compact_expiry()
         return actions
 
-    def _restore_offence(self, key: NetKey, network: IPNetwork, wall: float) -> RecordOffence:
-        """An adopted ban with no offence history: the daemon that banned it died between the
-        kernel's commit and the store's (the kernel goes first, daemon._apply), or the store was
-        lost. It is an offence all the same, so it gets its history (offence 1, as of now), or
-        that source's next ban would be a first offence again."""
-        self._offences[key] = OffenceRecord(network, 1, wall)
+    def _restore_offence(
+        self, key: NetKey, network: IPNetwork, wall: float, offence: int
+    ) -> RecordOffence:
+        """An adopted ban the offence history does not know: the daemon that banned it died
+        between the kernel's commit and the store's (the kernel goes first, daemon._apply), or
+        the store was lost. Its element's comment says which offence it was (nft_rules.py); with
+        no comment of ours, it is offence 1. Either way the history catches up (as of now), or
+        that source's next ban would repeat this one's length instead of escalating."""
+        self._offences[key] = OffenceRecord(network, offence, wall)
         self._counters["offences_restored"] += 1
-        return RecordOffence(network, 1, wall)
+        return RecordOffence(network, offence, wall)
 
     def _lift_shielded(self, key: NetKey, network: IPNetwork, shield: NetKey) -> list[Action]:
         """A ban found in the kernel covers loopback or trusted addresses: lift it."""

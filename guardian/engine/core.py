@@ -150,7 +150,7 @@ COUNTER_NAMES: tuple[str, ...] = (
     "bans_expired",  # bans whose kernel timeout has run out (forgotten)
     "unbans",  # bans lifted by the operator
     "offences_loaded",  # offence histories taken from the state store at start-up
-    "offences_restored",  # histories made for adopted bans that had none (lost in a crash)
+    "offences_restored",  # adopted bans the offence history missed (a crash): caught up
     "offences_forgotten",  # histories dropped (too old, over the cap, or by the operator)
     # everyone doors; see engine/everyone.py
     "everyone_opened",  # everyone windows opened by a knock
