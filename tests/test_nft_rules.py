@@ -216,6 +216,8 @@ def test_a_ban_element_carries_its_offence_as_its_comment() -> None:
     assert permanent[2]["add"]["element"]["elem"] == [
         {"elem": {"val": "203.0.113.5", "comment": "offence 12"}}
     ]
+    first = ban_commands(net("203.0.113.5/32"), 600, 64, offence=1)  # a first offence: none
+    assert first[2]["add"]["element"]["elem"] == [{"elem": {"val": "203.0.113.5", "timeout": 600}}]
     assert offence_from_comment(offence_comment(3)) == 3
     assert offence_from_comment(offence_comment(999_999_999)) == 999_999_999
 

@@ -36,12 +36,15 @@
 #   whatever was banned. [ban] scope = "guarded" limits them to the guarded TCP ports.
 # - The set name carries P: after ipv6_prefix changes, NftEffector.install moves the old set's
 #   prefixes into bannet6 (with the time they had left) and deletes it (ban6_migration_commands).
-# - Each ban element carries its offence number as its comment ("offence 3"; NFTA_SET_ELEM_USERDATA,
-#   kernel >= 5.5, nftables >= 0.9.4). Why: the daemon commits a ban to the kernel before it
-#   commits the offence to the state store (a ban must not wait for a disk write), so a daemon
-#   killed between the two would otherwise lose that escalation step; adoption reads the number
-#   back (offence_from_comment) and the store catches up. A comment that is not ours (a ban added
-#   by hand) reads as no number.
+# - A repeat offender's ban element carries its offence number as its comment ("offence 3";
+#   NFTA_SET_ELEM_USERDATA). Why: the daemon commits a ban to the kernel before it commits the
+#   offence to the state store (a ban must not wait for a disk write), so a daemon killed between
+#   the two would otherwise lose that escalation step; adoption reads the number back
+#   (offence_from_comment) and the store catches up. A first offence has no comment: an element
+#   without one (or with one not ours, a ban added by hand) is adopted as offence 1 when the store
+#   does not know it, which is what it was. The comment costs the kernel's dump 16 bytes per
+#   element, ~40 % more datagrams (measured with bench/adopt_bans.py), so it is only written
+#   where it says something.
 #
 # Everyone doors (verified on nftables 1.0.6, tests/test_lab_everyone.py): set `everyone` (type
 # inet_service, flags timeout) holds the guarded ports while an open_to = "everyone" door is open,
@@ -362,7 +365,7 @@ def ban_commands(
 ) -> list[Command]:
     """Ban (or re-ban) a network for `timeout` seconds (None: until unbanned): the grant
     refresh recipe, which works whether or not the element exists, with whatever timeout. The
-    element carries `offence` as its comment."""
+    element carries `offence` as its comment from the second offence on."""
     name, value = ban_element(network, ipv6_prefix)
     return [
         _element_command("add", name, [copy.deepcopy(value)]),
@@ -377,7 +380,7 @@ def _ban_entry(value: Any, timeout: float | None, offence: int | None) -> Any:
     entry: dict[str, Any] = {"val": copy.deepcopy(value)}
     if timeout is not None:
         entry["timeout"] = kernel_timeout(timeout)
-    if offence is not None and 0 < offence <= _MAX_OFFENCE:
+    if offence is not None and 1 < offence <= _MAX_OFFENCE:  # a first offence goes without
         entry["comment"] = offence_comment(offence)
     return {"elem": entry} if len(entry) > 1 else entry["val"]
 
