@@ -862,8 +862,9 @@ def banned_once(env: BanLab, daemons: Daemons, name: str) -> tuple[GuardianHandl
     return first, src
 
 
-def banned_again_for_offence_2(env: BanLab, handle: GuardianHandle, src: str) -> None:
-    """Once its first ban has run out: the same source fails again and is banned for 2 x 20 s."""
+def banned_again(env: BanLab, handle: GuardianHandle, src: str, offence: int) -> None:
+    """Once its last ban has run out: the same source fails again and is banned as `offence`,
+    for 20 s x 2^(offence - 1) (ESCALATING)."""
     assert connect(env, src, 22) == "connected"
     counted_before = counters(handle)["failures_counted"]
     for i, kind in enumerate(THREE_FAILURES):
@@ -873,9 +874,31 @@ def banned_again_for_offence_2(env: BanLab, handle: GuardianHandle, src: str) ->
             assert src not in ban_elements(env)
     again = wait_banned(env, src)
     assert again is not None, f"not banned again: {counters(handle)}"
-    assert 30 < again <= 40, f"second ban {again} s: the offence count did not persist"
+    length = 20 * 2 ** (offence - 1)
+    assert length - 10 < again <= length, f"ban {again} s, not offence {offence}'s {length} s"
     bans = snapshot(handle)["bans"]
-    assert [(b["source"], b["offence"]) for b in bans] == [(f"{src}/32", 2)], bans
+    assert [(b["source"], b["offence"]) for b in bans] == [(f"{src}/32", offence)], bans
+
+
+def adopted_as(
+    env: BanLab, daemons: Daemons, name: str, src: str, offence: int, left: float
+) -> GuardianHandle:
+    """After a kill -9 lost a ban's offence from the store (`name`): the next daemon adopts the
+    ban as `offence` and stores that; returns a third daemon, started once the ban (`left`
+    seconds) ran out, that never saw it."""
+    second = daemons.start(ESCALATING, name=name)
+    bans = snapshot(second)["bans"]
+    assert [(b["source"], b["offence"]) for b in bans] == [(f"{src}/32", offence)], bans
+    assert counters(second)["offences_restored"] == 1
+    second.stop()
+    state = env.lab.workdir / f"state-{name}.db"
+    with contextlib.closing(sqlite3.connect(state)) as db:
+        rows = db.execute("SELECT offences FROM offences WHERE network = ?", (f"{src}/32",))
+        assert [row[0] for row in rows] == [offence], "the adopted offence was not stored"
+    assert wait_unbanned(env, src, timeout=left + 5), "the kernel timeout did not end the ban"
+    third = daemons.start(ESCALATING, name=name)
+    assert snapshot(third)["bans"] == []
+    return third
 
 
 def test_restart_during_a_ban_keeps_it_and_the_next_ban_is_longer(
@@ -898,7 +921,7 @@ def test_restart_during_a_ban_keeps_it_and_the_next_ban_is_longer(
     assert counters(second)["offences_restored"] == 0  # its history was stored
     # The ban runs out in the kernel; the same source comes back and is banned again: 2 x 20 s.
     assert wait_unbanned(env, src, timeout=still + 5), "the kernel timeout did not end the ban"
-    banned_again_for_offence_2(env, second, src)
+    banned_again(env, second, src, 2)
 
 
 def test_a_ban_whose_offence_was_not_stored_still_escalates_the_next(
@@ -918,17 +941,8 @@ def test_a_ban_whose_offence_was_not_stored_still_escalates_the_next(
     assert deleted == 1, "the first daemon did not store its offence: nothing to lose"
     left = ban_elements(env)[src]
     assert left is not None
-    second = daemons.start(ESCALATING, name="lost-offence")
-    assert [(b["source"], b["offence"]) for b in snapshot(second)["bans"]] == [(f"{src}/32", 1)]
-    assert counters(second)["offences_restored"] == 1
-    second.stop()
-    with contextlib.closing(sqlite3.connect(state)) as db:
-        rows = db.execute("SELECT offences FROM offences WHERE network = ?", (f"{src}/32",))
-        assert [row[0] for row in rows] == [1], "the restored offence was not stored"
-    assert wait_unbanned(env, src, timeout=left + 5), "the kernel timeout did not end the ban"
-    third = daemons.start(ESCALATING, name="lost-offence")
-    assert snapshot(third)["bans"] == []
-    banned_again_for_offence_2(env, third, src)
+    third = adopted_as(env, daemons, "lost-offence", src, 1, left)
+    banned_again(env, third, src, 2)
 
 
 def ban_comments(env: BanLab) -> dict[str, str | None]:
@@ -967,25 +981,8 @@ def test_a_ban_whose_latest_offence_was_not_stored_still_escalates_from_it(
             "UPDATE offences SET offences = 1 WHERE network = ? AND offences = 2", (f"{src}/32",)
         ).rowcount
     assert changed == 1, "the first daemon did not store offence 2: nothing to lose"
-    second = daemons.start(ESCALATING, name="lost-step")
-    assert [(b["source"], b["offence"]) for b in snapshot(second)["bans"]] == [(f"{src}/32", 2)]
-    assert counters(second)["offences_restored"] == 1
-    second.stop()
-    with contextlib.closing(sqlite3.connect(state)) as db:
-        rows = db.execute("SELECT offences FROM offences WHERE network = ?", (f"{src}/32",))
-        assert [row[0] for row in rows] == [2], "the caught-up offence was not stored"
-    assert wait_unbanned(env, src, timeout=left + 5), "the kernel timeout did not end the ban"
-    third = daemons.start(ESCALATING, name="lost-step")
-    assert snapshot(third)["bans"] == []
-    assert connect(env, src, 22) == "connected"
-    counted_before = counters(third)["failures_counted"]
-    for i, kind in enumerate(THREE_FAILURES):
-        attempt(env, kind, src)
-        if i < len(THREE_FAILURES) - 1:
-            wait_counters(third, {"failures_counted": counted_before + i + 1})
-    again = wait_banned(env, src)
-    assert again is not None, f"not banned again: {counters(third)}"
-    assert 70 < again <= 80, f"third ban {again} s: offence 2 was lost on the way"
+    third = adopted_as(env, daemons, "lost-step", src, 2, left)
+    banned_again(env, third, src, 3)  # 80 s: with the history left at 1 it would be 40 s
     assert ban_comments(env)[src] == "offence 3"
 
 
