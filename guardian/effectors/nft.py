@@ -39,8 +39,9 @@ from guardian.effectors.nft_rules import (
     transaction,
 )
 
-# A ban as listed from the kernel: the network and the seconds left (None: permanent).
-ListedBan = tuple[IPNetwork, float | None, int | None]  # network, seconds left, offence
+# A ban as listed from the kernel: the network, the seconds left (None: permanent) and the offence
+# its element's comment carries (None: no comment of ours, see nft_rules.py).
+ListedBan = tuple[IPNetwork, float | None, int | None]
 
 
 class NftError(Exception):

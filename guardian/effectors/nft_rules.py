@@ -42,9 +42,10 @@
 #   the two would otherwise lose that escalation step; adoption reads the number back
 #   (offence_from_comment) and the store catches up. A first offence has no comment: an element
 #   without one (or with one not ours, a ban added by hand) is adopted as offence 1 when the store
-#   does not know it, which is what it was. The comment costs the kernel's dump 16 bytes per
-#   element, ~40 % more datagrams (measured with bench/adopt_bans.py), so it is only written
-#   where it says something.
+#   does not know it, which is what it was. A comment is 16-20 bytes more per element in the
+#   kernel's dump, which restarts its walk of the set at every 32 KiB datagram: with a comment on
+#   every element, adopting 100k bans took ~16 % longer, with repeat offences' only ~10 %
+#   (bench/adopt_comments_ab.py); so it is only written where it says something.
 #
 # Everyone doors (verified on nftables 1.0.6, tests/test_lab_everyone.py): set `everyone` (type
 # inet_service, flags timeout) holds the guarded ports while an open_to = "everyone" door is open,
