@@ -577,6 +577,25 @@ def test_failures_older_than_the_last_ban_do_not_count_again() -> None:
     )
 
 
+def test_failures_older_than_a_narrowed_ipv6_ban_do_not_count_again() -> None:
+    """The same for an IPv6 address whose ban was narrowed to itself (a trusted address shares
+    its /64): its history is the address's, not the /64's, and still ends the replay."""
+    src = ip("2001:db8:5:5::2")  # beside the trusted 2001:db8:5:5::1
+    e = engine(maxretry=2)
+    e.feed(OffencesLoaded((OffenceRecord(net("2001:db8:5:5::2/128"), 1, T0 + 10),)), T0 + 100)
+    for n in range(3):
+        assert e.feed(failed(src, pid=900 + n, at=T0 + n), T0 + 100) == []
+    counters = e.snapshot(T0 + 100).counters
+    assert (counters["failures_before_ban"], counters["failures_counted"]) == (3, 0)
+    # another address of the /64 is not that ban's: its old failures still count
+    assert e.feed(failed(ip("2001:db8:5:5::3"), pid=950, at=T0 + 5), T0 + 100) == []
+    assert e.snapshot(T0 + 100).counters["failures_counted"] == 1
+    # new failures from the address count as usual, and its next ban is offence 2
+    actions = fail_times(e, [T0 + 100, T0 + 101], src)
+    assert isinstance(actions[0], Ban) and actions[0].network == net("2001:db8:5:5::2/128")
+    assert actions[0].offence == 2
+
+
 def test_an_adopted_ban_takes_its_offence_from_its_element_when_the_history_lacks_it() -> None:
     """The element's comment carries its offence (nft_rules.py): a ban whose store commit was
     lost catches the history up to that number, so the next ban escalates from it; a history

@@ -381,8 +381,7 @@ class BanTable:
             self._counters["failures_stale"] += new
             return []
         key = self.counting_key(source)
-        record = self._offences.get(key)
-        if record is not None and at < record.last_ban_wall:
+        if at < self._last_ban_wall(key, host):
             # Older than this source's last ban: read again after a restart (a daemon killed
             # before it saved its positions), it was part of that ban, not of the next.
             self._counters["failures_before_ban"] += new
@@ -392,6 +391,17 @@ class BanTable:
             return []
         self._counters["failures_counted"] += new
         return self._count(source, key, at, new, event.rule, now, wall)
+
+    def _last_ban_wall(self, key: NetKey, host: NetKey) -> float:
+        """When the source was last banned (-inf: never): as its counting network, or, for an
+        IPv6 ban narrowed to the address beside a trusted one or a session, as itself."""
+        record = self._offences.get(key)
+        last = -math.inf if record is None else record.last_ban_wall
+        if host != key:  # (IPv6 only: an IPv4 source counts as itself)
+            alone = self._offences.get(host)
+            if alone is not None and alone.last_ban_wall > last:
+                last = alone.last_ban_wall
+        return last
 
     def counting_key(self, source: IPAddress) -> NetKey:
         """The network a source's failures count for (and that its ban covers)."""
