@@ -33,11 +33,11 @@
 #     deadline, then forgets it (Notice "unban", no action). Failures of a banned source are
 #     counted (failures_while_banned) and never escalate. Bans found in the kernel at start are
 #     adopted as they are (BanFound, no kernel action), unless they cover trusted addresses or
-#     loopback: those are lifted, as they are when [guard] trusted grows at a reload. An adopted
-#     ban with no offence history gets one (offence 1, RecordOffence): the daemon goes to the
-#     kernel before the store, so one killed between the two left the ban without it. (A ban
-#     whose source had older history, offence k, is adopted as offence k: that one crash window
-#     can still cost a step of escalation.)
+#     loopback: those are lifted, as they are when [guard] trusted grows at a reload. The daemon
+#     goes to the kernel before the store, so one killed between the two leaves a ban the
+#     history does not know: an adopted ban whose history is missing or behind takes the offence
+#     its element carries (BanFound.offence, the comment of nft_rules.py; none: offence 1), and
+#     the history catches up (RecordOffence, counter offences_restored).
 #   * Kernel layout (effectors/nft_rules.py): single IPv4 addresses and IPv6 prefixes of exactly
 #     ipv6_prefix live in hash sets; every other network in interval sets, where the kernel (and
 #     nft) refuse overlapping elements even when the same transaction deletes the older one. So an
