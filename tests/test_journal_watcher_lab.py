@@ -603,16 +603,35 @@ def test_lines_of_a_process_in_another_network_namespace_are_dropped(
     assert dropped >= 1
 
 
-def test_forged_sshd_lines_are_dropped(journald: JournaldHandle) -> None:
+def held_logger(identifier: str, *user: str) -> subprocess.Popen[str]:
+    """A util-linux logger that sends each line written to its stdin and stays alive until stdin
+    closes. journald reads _COMM from /proc/PID after the datagram arrives: a logger that already
+    exited leaves no _COMM, and a root line without _COMM is kept as sshd's (see
+    _sent_by_root_sshd). Holding the sender alive makes journald record who really sent it."""
+    argv = [*user, "logger", "-t", identifier]
+    return subprocess.Popen(argv, stdin=subprocess.PIPE, text=True)
+
+
+@pytest.mark.parametrize("sender", ["root", "nobody"])
+def test_forged_sshd_lines_are_dropped(journald: JournaldHandle, sender: str) -> None:
     """`logger -t sshd` sets SYSLOG_IDENTIFIER=sshd, but journald records who really sent it
-    (_COMM=logger): such a line is not sshd's and must never open or close a session."""
+    (_COMM=logger, and _UID from the kernel): such a line is not sshd's and must never open or
+    close a session, whether root or another user forged it."""
     token = secrets.token_hex(4)
+    user = ["runuser", "-u", "nobody", "--"] if sender == "nobody" else []
     with JournalWatcher(own_netns_only=False) as watcher:
         pump = Pump(watcher)
+        forger = held_logger("sshd", *user)
         try:
+            assert forger.stdin is not None
             watcher.note_activity(time.monotonic())
-            log_line("sshd", f"Accepted publickey for root from 192.0.2.99 port 4{token[:4]}")
-            assert pump.until(lambda: watcher.stats()["untrusted"] >= 1, 5)
+            forger.stdin.write(f"Accepted publickey for root from 192.0.2.99 port 4{token[:4]}\n")
+            forger.stdin.flush()
+            judged = pump.until(lambda: watcher.stats()["untrusted"] >= 1, 5)
+            assert judged, (watcher.stats(), pump.messages()[-3:], forger.poll())
         finally:
+            if forger.stdin is not None:
+                forger.stdin.close()
+            assert forger.wait(timeout=10) == 0
             pump.close()
     assert not [m for m in pump.messages() if token[:4] in m]
