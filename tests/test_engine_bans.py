@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from guardian.actions import Action, Ban, Notice, RecordOffence, Unban
+from guardian.actions import Action, Ban, Notice, OpenGrant, RecordOffence, RevokeGrant, Unban
 from guardian.addresses import IPAddress, IPNetwork
 from guardian.config import OFFENCE_MEMORY, Config, Door, Guard, KnockStep
 from guardian.config import Ban as BanPolicy
@@ -27,6 +27,7 @@ from guardian.events import (
     BanFound,
     BanRequested,
     ConnectionOpened,
+    GrantFound,
     KnockSeen,
     OffenceRecord,
     OffencesLoaded,
@@ -318,6 +319,65 @@ def test_a_banned_source_s_knocks_are_ignored() -> None:
     assert counters["knocks_seen"] == 2
     other = [e.feed(KnockSeen(OTHER, port, "tcp", SYN), T0 + 1) for port in (7000, 8000)]
     assert e.snapshot(T0 + 1).counters["knocks_completed"] == 1, other
+
+
+def knock_open(e: Engine, source: IPAddress, at: float) -> list[Action]:
+    return [a for port in (7000, 8000) for a in e.feed(KnockSeen(source, port, "tcp", SYN), at)]
+
+
+def test_a_ban_closes_the_grant_its_source_held() -> None:
+    """The ban rule is matched before the grant's, so the grant is useless to a banned source;
+    it is closed with the ban instead of showing an open door until its window ends."""
+    e = engine()
+    assert isinstance(knock_open(e, ATTACKER, T0)[0], OpenGrant)
+    assert isinstance(knock_open(e, OTHER, T0)[0], OpenGrant)
+    actions = fail_times(e, [T0 + 1 + n for n in range(5)])
+    assert actions == [
+        *first_ban(net("203.0.113.5/32"), 600.0, 1, T0 + 5),
+        RevokeGrant(ATTACKER, "banned"),
+        Notice("grant_closed", ATTACKER, "ssh", "banned"),
+    ]
+    assert [g.source for g in e.snapshot(T0 + 5).grants] == [OTHER]
+
+
+def test_an_operator_ban_closes_every_grant_inside_it_and_no_other() -> None:
+    e = engine()
+    inside = [ip("192.0.2.7"), ip("192.0.2.200")]
+    outside = ip("192.0.3.1")
+    for source in (*inside, outside):
+        knock_open(e, source, T0)
+    actions = e.feed(BanRequested(net("192.0.2.0/24"), 60.0), T0 + 1)
+    revoked = [a.source for a in actions if isinstance(a, RevokeGrant)]
+    assert sorted(revoked) == inside
+    assert [g.source for g in e.snapshot(T0 + 1).grants] == [outside]
+
+
+def test_a_ban_that_covers_no_grant_closes_none() -> None:
+    e = engine()
+    knock_open(e, OTHER, T0)
+    actions = fail_times(e, [T0 + 1 + n for n in range(5)])
+    assert not [a for a in actions if isinstance(a, RevokeGrant)]
+
+
+def test_start_up_closes_an_adopted_grant_of_a_banned_source() -> None:
+    """The kernel may hold both (a grant opened just before the ban, then a restart): whichever
+    is adopted first, the grant does not survive the adoption."""
+    grant_first = engine()
+    grant_first.feed(GrantFound(ATTACKER, 20.0), T0)
+    assert grant_first.adopt_bans([BanFound(net("203.0.113.5/32"), 300.0)], T0)[-2:] == [
+        RevokeGrant(ATTACKER, "banned"),
+        Notice("grant_closed", ATTACKER, "adopted", "banned"),
+    ]
+    ban_first = engine()
+    ban_first.adopt_bans([BanFound(net("203.0.113.5/32"), 300.0)], T0)
+    actions = ban_first.feed(GrantFound(ATTACKER, 20.0), T0)
+    assert actions[-2:] == [
+        RevokeGrant(ATTACKER, "banned"),
+        Notice("grant_closed", ATTACKER, "adopted", "banned"),
+    ]
+    for e in (grant_first, ban_first):
+        assert e.snapshot(T0).grants == ()
+        assert e.banned(ATTACKER) == net("203.0.113.5/32")
 
 
 def test_expiry_forgets_the_ban_with_a_notice_and_no_action() -> None:

@@ -19,10 +19,11 @@
 #                                     from all three: joined there)
 #   BanRequested / UnbanRequested     the operator
 #   OffencesLoaded, then BanFound     start-up: the state store's histories, the kernel's bans
-# A banned source's knocks are dropped before the knock matcher (knocks_banned). "A live session"
-# for the ban rules means one sshd accepted (SessionOpened): connections merely assumed to be
-# sessions (no journal, or require_auth = false) protect nobody from a ban, or an attacker's own
-# connections would shield it whenever the journal is down.
+# A banned source's knocks are dropped before the knock matcher (knocks_banned), and a ban closes
+# the grants it covers (reason "banned": the ban's rule comes first, they were of no use). "A live
+# session" for the ban rules means one sshd accepted (SessionOpened): connections merely assumed
+# to be sessions (no journal, or require_auth = false) protect nobody from a ban, or an attacker's
+# own connections would shield it whenever the journal is down.
 #
 # Everyone doors (open_to = "everyone"; the rules are in everyone.py): a completed knock opens the
 # guarded ports to every source for the door's window, never extended; adopt_everyone() takes the
@@ -47,7 +48,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from guardian.actions import Action, Notice, RecordSpaReplay
+from guardian.actions import Action, Ban, Notice, RecordSpaReplay
 from guardian.addresses import IPAddress, IPNetwork, in_any, normalize
 from guardian.config import (
     MAX_ATTEMPTS,
@@ -88,6 +89,7 @@ from guardian.events import (
 OPERATOR_DOOR = "operator"
 ADOPTED_EVERYONE = "adopted-everyone"  # door name of an everyone window of unknown origin
 REASON_CLOSE_SEQUENCE = "close sequence"
+REASON_BANNED = "banned"  # a grant closed because a ban covers its source
 
 # Every counter the engine keeps; all start at 0 so a snapshot always carries the same keys.
 COUNTER_NAMES: tuple[str, ...] = (
@@ -253,11 +255,12 @@ class Engine:
         if isinstance(event, KnockSeen):
             actions += self._on_knock(event, now)
         elif isinstance(event, AuthFailed):
-            actions += self._bans.failed(event, now, wall_now)
+            actions += self._close_banned_grants(self._bans.failed(event, now, wall_now))
         elif isinstance(event, BanFound):
-            actions += self._bans.found((event,), now, wall_now)
+            found = self._bans.found((event,), now, wall_now)
+            actions += self._close_banned_grants(found, adopting=True)
         elif isinstance(event, BanRequested):
-            actions += self._bans.requested(event, now, wall_now)
+            actions += self._close_banned_grants(self._bans.requested(event, now, wall_now))
         elif isinstance(event, UnbanRequested):
             actions += self._bans.unban_requested(event)
         elif isinstance(event, OffencesLoaded):
@@ -275,7 +278,8 @@ class Engine:
         elif isinstance(event, SignalsChanged):
             actions += self._on_signals(event, now)
         elif isinstance(event, GrantFound):
-            actions += self._grants.adopt(normalize(event.source), event.expires_in, now)
+            adopted = self._grants.adopt(normalize(event.source), event.expires_in, now)
+            actions += self._close_banned_grants(adopted, normalize(event.source))
         elif isinstance(event, GrantRequested):
             actions += self._on_grant_requested(event, now)
         elif isinstance(event, RevokeRequested):
@@ -336,7 +340,7 @@ class Engine:
         now = self._advance_clock(now)
         wall_now = self._wall(now, wall)
         actions = self._run_due(now)
-        actions += self._bans.found(found, now, wall_now)
+        actions += self._close_banned_grants(self._bans.found(found, now, wall_now), adopting=True)
         return actions + self._run_due(now)
 
     def adopt_everyone(self, expires_in: float, now: float) -> list[Action]:
@@ -380,6 +384,26 @@ class Engine:
         )
 
     # -- events --------------------------------------------------------------------------------
+
+    def _close_banned_grants(
+        self, actions: list[Action], only: IPAddress | None = None, *, adopting: bool = False
+    ) -> list[Action]:
+        """`actions`, then a revoke for each grant a ban covers: every grant when `actions` ban
+        something or bans are being adopted (they come with no Ban action), else only the grant
+        of `only` (one just adopted). A ban outranks a grant: its rule is matched first, so the
+        source could not use the grant anyway; closing it keeps the table, the status and the
+        hooks from showing a door open to a banned source, and a short ban from ending into a
+        grant still open."""
+        if only is not None:
+            sources = [only] if only in self._grants else []
+        elif len(self._grants) and (adopting or any(isinstance(a, Ban) for a in actions)):
+            sources = self._grants.sources()
+        else:
+            return actions
+        for source in sources:
+            if self._bans.covering(source) is not None:
+                actions = actions + self._grants.revoke(source, REASON_BANNED)
+        return actions
 
     def _on_knock(self, event: KnockSeen, now: float) -> list[Action]:
         source = normalize(event.source)

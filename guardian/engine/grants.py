@@ -53,8 +53,9 @@
 #  LINGER      SESSION_UP    -> IN_SESSION  RefreshGrant(lease)  (a reconnect within linger)
 #  LINGER      PENDING       -> LINGER      RefreshGrant(close - now) if close moved past kernel
 #  LINGER      DEADLINE      -> CLOSED      RevokeGrant("sessions ended")
-#  any         REVOKE        -> CLOSED      RevokeGrant(reason)  (close sequence, operator); the
-#                                           connections stay tracked, established ones go on
+#  any         REVOKE        -> CLOSED      RevokeGrant(reason)  (close sequence, operator, a ban
+#                                           covering the source); the connections stay tracked,
+#                                           established ones go on
 #
 # OPEN, ADOPT and REVOKE come from outside: one that makes no sense in the current state (the
 # operator revokes a source that has no grant) is counted and changes nothing. SESSION_UP,
@@ -95,7 +96,7 @@ class Trigger(StrEnum):
     SESSION_DOWN = "session_down"  # its last session ended
     PENDING = "pending"  # only its connections awaiting authentication changed
     DEADLINE = "deadline"
-    REVOKE = "revoke"  # close sequence, operator
+    REVOKE = "revoke"  # close sequence, operator, a ban covering the source
 
 
 TRANSITIONS: Final[Mapping[GrantState, Mapping[Trigger, GrantState]]] = {
@@ -290,7 +291,7 @@ class GrantTable:
         ]
 
     def revoke(self, source: IPAddress, reason: str) -> list[Action]:
-        """REVOKE: close sequence or operator. Nothing to do (counted) without a grant."""
+        """REVOKE: close sequence, operator or ban. Nothing to do (counted) without a grant."""
         if self._target(source, Trigger.REVOKE) is None:
             return []
         grant = self._grants.pop(source)
