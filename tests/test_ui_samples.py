@@ -192,7 +192,12 @@ def busy_snapshot() -> StatusSnapshot:
         for i in range(50)
     ]
     counters = {name: 1000 + 17 * n for n, name in enumerate(COUNTER_NAMES)}
-    counters.update({"spa_accepted": 12, "spa_refused": 3, "auth_failures": 812, "bans_issued": 31})
+    counters.update({"spa_accepted": 12, "spa_refused": 3})
+    counters.update(  # the ban counters of the engine (engine/bans.py), which came later
+        {"failures_seen": 1624, "failures_counted": 812, "failures_while_banned": 40, "bans": 31}
+    )
+    counters.update({"bans_operator": 2, "bans_adopted": 5, "bans_expired": 25, "unbans": 1})
+    counters["knocks_banned"] = 77
     return StatusSnapshot(
         header=Header(
             version="0.1.0",

@@ -105,7 +105,8 @@ def test_render_shows_what_the_issue_asks_for() -> None:
         "#4",  # offence number
         "spa refused",  # an event
         "knock packets: seen 1000",
-        "failures: auth failures 812",
+        "failed logins: reported 1624 · attempts 812 · while banned 40",
+        "bans: for failures 31 · by operator 2 · adopted 5 · expired 25 · lifted 1",
     ):
         assert expected in text, expected
 

@@ -52,6 +52,19 @@ SESSION_COUNTERS = {  # counter: label
     "connections_opened": "connections",
     "unauthenticated_expired": "never authenticated",
 }
+LOGIN_COUNTERS = {  # sshd's failed logins (engine/bans.py): what a home server's owner watches
+    "failures_seen": "reported",  # by every origin, an attempt in journal and btmp twice
+    "failures_counted": "attempts",  # distinct attempts that count towards a ban
+    "failures_while_banned": "while banned",
+}
+BAN_COUNTERS = {
+    "bans": "for failures",
+    "bans_operator": "by operator",
+    "bans_adopted": "adopted",
+    "bans_expired": "expired",
+    "unbans": "lifted",
+    "knocks_banned": "knocks ignored",
+}
 
 
 def render_status(
@@ -364,6 +377,12 @@ def render_counters(snapshot: StatusSnapshot, width: int = WIDE) -> RenderableTy
     sessions = [f"{label} {counters[n]}" for n, label in SESSION_COUNTERS.items() if n in counters]
     if sessions:
         lines.append(("sessions: ", sessions, ""))
+    logins = [f"{label} {counters[n]}" for n, label in LOGIN_COUNTERS.items() if n in counters]
+    if logins:
+        lines.append(("failed logins: ", logins, ""))
+    bans = [f"{label} {counters[n]}" for n, label in BAN_COUNTERS.items() if n in counters]
+    if bans:
+        lines.append(("bans: ", bans, ""))
     failures = [f"{words(n)} {v}" for n, v in failure_counters(counters)]
     lines.append(("failures: ", failures or ["none"], "red" if failures else ""))
     text = Text("Counters", style="bold")
