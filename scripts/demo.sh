@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The demo command: set-up, then a narrated scenario in a network-namespace lab (scan: closed;
-# knock with the real `knock` client; ssh in; close sequence; closed again). Needs root for the
-# namespaces; the lab is removed when the demo ends, on Ctrl-C too. Arguments go to `guardian demo`.
+# The demo command: set-up, then the whole product narrated in a network-namespace lab (knock,
+# sessions that hold access, close sequence, SPA and its replay, a brute force banned, the
+# status dashboard; guardian/lab/demo.py). Needs root for the namespaces; the lab is removed when
+# the demo ends, on Ctrl-C too. Arguments go to `guardian demo` (--fast: no pauses).
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

@@ -1,6 +1,7 @@
 # The demo command's scenario, run as a test: it builds its own lab, checks every claim it narrates
-# (scan closed, knock, ssh in, second client out, scan opens nothing, close sequence, closed again)
-# and returns 0 only when all of them held.
+# (scan closed, knock, a session holding the grant past its window and closing it, scan opens
+# nothing, close sequence, SPA and its replay refused, a brute force banned with its grant closed
+# and its knocks ignored, the ban outliving the daemon) and returns 0 only when all of them held.
 from __future__ import annotations
 
 from guardian.lab.demo import run_demo
