@@ -79,10 +79,21 @@ class StatusLab:
         return from_json(request(str(self.socket), {"cmd": "snapshot"})["snapshot"])
 
     def wait_no_grants(self, timeout: float = 10.0) -> None:
-        """Tests share the daemon: each starts from a gate with no grant (bounded wait)."""
+        """No grant left (bounded wait)."""
         deadline = time.monotonic() + timeout
         while self.snapshot().grants:
             assert time.monotonic() < deadline, f"grants left over: {self.snapshot().grants}"
+            time.sleep(0.1)
+
+    def wait_idle(self, timeout: float = 30.0) -> None:
+        """Tests share the daemon: each starts from a gate with no grant and no tracked
+        connection. A connection left by the test before (the ban test's last guess, frozen by
+        the ban, goes on after the unban until sshd refuses it) would otherwise be the next
+        grant's session, and its end would close that grant after the linger. Bounded wait."""
+        deadline = time.monotonic() + timeout
+        while (snapshot := self.snapshot()).grants or snapshot.sessions:
+            left = (snapshot.grants, snapshot.sessions)
+            assert time.monotonic() < deadline, f"grants or connections left over: {left}"
             time.sleep(0.1)
 
 
@@ -312,7 +323,7 @@ def test_status_under_tmux_follows_a_grant_from_knock_to_logout(
     status_lab: StatusLab, tmux: Tmux, width: int
 ) -> None:
     lab, client = status_lab.lab, status_lab.client
-    status_lab.wait_no_grants()
+    status_lab.wait_idle()
     rec = Recorder(ARTIFACTS / f"tmux_{width}_columns")
     tmux.start(guardian_argv("status", "-s", str(status_lab.socket)), width)
 
@@ -621,7 +632,7 @@ def test_garbage_oversized_and_half_sent_requests_leave_the_live_daemon_working(
 ) -> None:
     sock = str(status_lab.socket)
     handle = status_lab.guardian
-    status_lab.wait_no_grants()
+    status_lab.wait_idle()
     log_mark = len(handle.log_text())
     clients: list[RawClient] = []
 
@@ -696,7 +707,7 @@ def test_garbage_oversized_and_half_sent_requests_leave_the_live_daemon_working(
 
 
 def test_100_status_clients_do_not_slow_knock_to_open(status_lab: StatusLab) -> None:
-    status_lab.wait_no_grants()
+    status_lab.wait_idle()
     clients, rate = 100, 4.0
     before = status_lab.snapshot().counters
     without, loaded = run_rounds(
@@ -804,7 +815,7 @@ def test_the_live_daemon_writes_its_metrics_textfile(status_lab: StatusLab) -> N
     assert re.search(r"^guardian_table_installed 1$", text, re.MULTILINE), text
     assert re.search(r"^guardian_watcher_up\{watcher=\"knock\"\} 1$", text, re.MULTILINE), text
     assert oct(prom.stat().st_mode & 0o777) == "0o644"
-    status_lab.wait_no_grants()
+    status_lab.wait_idle()
     knocked = knock(status_lab.lab, "client", status_lab.server, OPEN_KNOCKS)
     assert knocked.returncode == 0, knocked.stderr
     before = prom.stat().st_mtime
