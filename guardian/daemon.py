@@ -226,7 +226,8 @@ class Daemon:
         self._next_position_save = 0.0
         self._next_metrics = 0.0
         self._saved_positions: dict[str, str | None] = {}
-        self._down: dict[str, str] = {}  # watcher name -> why it is not delivering
+        self._down: dict[str, str] = {}  # watcher name -> why it is not delivering (a fault)
+        self._off: dict[str, str] = {}  # watcher name -> why it was not asked for (no fault)
         self._stopping = False
         self._signals: list[int] = []
         self._pending: list[Event] = []
@@ -303,7 +304,7 @@ class Daemon:
                 # (bounded; more_pending carries a large backlog over the next wake-ups).
                 self._on_btmp_readable(0)
         else:
-            self._down["btmp"] = "not in [ban] sources"
+            self._off["btmp"] = "not in [ban] sources"
         if "authlog" in sources:
             try:
                 authlog = AuthLogWatcher(
@@ -322,11 +323,11 @@ class Daemon:
                 self._selector.register(authlog, selectors.EVENT_READ, self._on_authlog_readable)
                 self._on_authlog_readable(0)  # the backlog written while we were down
         else:
-            self._down["authlog"] = "not in [ban] sources"
+            self._off["authlog"] = "not in [ban] sources"
 
     def _open_conntrack(self) -> None:
         if not self.options.use_conntrack:
-            self._down["conntrack"] = "disabled by option"
+            self._off["conntrack"] = "disabled by option"
             return
         watcher = ConntrackWatcher(self.config.guard.ports)
         try:
@@ -344,7 +345,7 @@ class Daemon:
 
     def _open_journal(self) -> None:
         if not self.options.use_journal:
-            self._down["journal"] = "disabled by option"
+            self._off["journal"] = "disabled by option"
             return
         assert self._store is not None
         watcher = JournalWatcher(cursor=self._store.get_position("journal"))
@@ -419,11 +420,12 @@ class Daemon:
     def run(self) -> int:
         self.start()
         log.info(
-            "guarding tcp ports %s; %d door(s); answer=%s; watchers down: %s",
+            "guarding tcp ports %s; %d door(s); answer=%s; watchers down: %s; off: %s",
             ",".join(map(str, self.config.guard.ports)),
             len(self.config.doors),
             self.config.guard.answer,
             ", ".join(sorted(self._down)) or "none",
+            ", ".join(sorted(self._off)) or "none",
         )
         print(READY_LINE, file=sys.stderr, flush=True)
         self.notifier.ready(self.status_text(self.clock()))
@@ -880,15 +882,24 @@ class Daemon:
     # ---- what the control socket reports ------------------------------------------------------
     def watcher_statuses(self) -> list[WatcherStatus]:
         return [
-            WatcherStatus("knock", self._knock is not None, "" if self._knock else "no doors"),
-            WatcherStatus(
-                "conntrack", self._conntrack is not None, self._down.get("conntrack", "")
-            ),
-            WatcherStatus("journal", self._journal is not None, self._down.get("journal", "")),
-            WatcherStatus("sockets", True, ""),
-            WatcherStatus("btmp", self._btmp is not None, self._down.get("btmp", "")),
-            WatcherStatus("authlog", self._authlog is not None, self._down.get("authlog", "")),
+            self._watcher_status("knock", self._knock is not None),
+            self._watcher_status("conntrack", self._conntrack is not None),
+            self._watcher_status("journal", self._journal is not None),
+            WatcherStatus("sockets", True),
+            self._watcher_status("btmp", self._btmp is not None),
+            self._watcher_status("authlog", self._authlog is not None),
         ]
+
+    def _watcher_status(self, name: str, up: bool) -> WatcherStatus:
+        """Up; or off, when the config or an option did not ask for it (the dashboard must not
+        show that as a fault, nor metrics alert on it); or down, with the error that stopped it."""
+        if up:
+            return WatcherStatus(name, True)
+        if name == "knock":  # no watcher only when there is nothing to capture
+            return WatcherStatus(name, False, "no doors, no SPA", off=True)
+        if name in self._off:
+            return WatcherStatus(name, False, self._off[name], off=True)
+        return WatcherStatus(name, False, self._down.get(name, ""))
 
     def loop_counters(self) -> dict[str, int]:
         counters = {

@@ -76,9 +76,11 @@ def render_prometheus(snapshot: StatusSnapshot) -> str:
     out.sample(name, h.taken_at)
     name = out.family("table_installed", "gauge", "1 if the nftables table is installed.")
     out.sample(name, int(h.table_installed))
-    if h.watchers:
-        name = out.family("watcher_up", "gauge", "1 if the watcher delivers events.")
-        for w in h.watchers:
+    wanted = [w for w in h.watchers if not w.off]  # one turned off by config is not "down"
+    if wanted:
+        help_text = "1 if the watcher delivers events (watchers turned off are not listed)."
+        name = out.family("watcher_up", "gauge", help_text)
+        for w in wanted:
             out.sample(name, int(w.up), [("watcher", w.name)])
     if h.sshd is not None:
         name = out.family("sshd_running", "gauge", "1 if the on-demand sshd is running.")

@@ -52,6 +52,7 @@ class WatcherStatus:
     name: str
     up: bool
     reason: str = ""
+    off: bool = False  # not asked for (config or option): not delivering, and not a fault
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,7 +198,10 @@ class StatusSnapshot:
                 "uptime": h.uptime,
                 "config_path": h.config_path,
                 "table_installed": h.table_installed,
-                "watchers": [{"name": w.name, "up": w.up, "reason": w.reason} for w in h.watchers],
+                "watchers": [
+                    {"name": w.name, "up": w.up, "reason": w.reason, "off": w.off}
+                    for w in h.watchers
+                ],
                 "sshd": None
                 if h.sshd is None
                 else {"state": h.sshd.state, "detail": h.sshd.detail},
@@ -306,6 +310,15 @@ class _Reader:
             raise SnapshotError(f"{self.where(key)}: expected true or false, got {_kind(value)}")
         return value
 
+    def opt_flag(self, key: str) -> bool | None:
+        """A flag a daemon of an older version may leave out (None then)."""
+        value = self._get(key, True)
+        if value is None:
+            return None
+        if not isinstance(value, bool):
+            raise SnapshotError(f"{self.where(key)}: expected true or false, got {_kind(value)}")
+        return value
+
     def integer(self, key: str, *, low: int = 0, high: int | None = None) -> int:
         return _int(self._get(key, False), self.where(key), low, high)
 
@@ -395,7 +408,8 @@ def _string_item(value: object, where: str) -> str:
 
 def _watcher(doc: object, path: str) -> WatcherStatus:
     r = _Reader(doc, path)
-    return WatcherStatus(r.text("name", nonempty=True), r.flag("up"), r.text("reason"))
+    name, up, reason = r.text("name", nonempty=True), r.flag("up"), r.text("reason")
+    return WatcherStatus(name, up, reason, r.opt_flag("off") or False)
 
 
 def _grant(doc: object, path: str) -> GrantInfo:

@@ -668,8 +668,10 @@ def session_then_logout(server: Server, guardian: GuardianHandle, label: str, bo
 )
 def test_no_conntrack_falls_back_to_socket_table(server: Server, extra: tuple[str, ...]) -> None:
     guardian = server.start(config_text(), extra)
-    assert "watchers down: conntrack" in guardian.log_text()
+    # Turned off by an option: "off", not a fault ("down").
+    assert re.search(r"watchers down: [^;]*; off: [^\n]*\bconntrack\b", guardian.log_text())
     assert _watcher(guardian, "conntrack")["up"] is False
+    assert _watcher(guardian, "conntrack")["off"] is True
     assert _watcher(guardian, "sockets")["up"] is True
     bound = SOCKETS_FALLBACK_INTERVAL + LINGER + TOLERANCE
     session_then_logout(server, guardian, "no-conntrack" + "-alone" * (len(extra) > 1), bound)
@@ -732,6 +734,7 @@ def test_conntrack_events_disabled_by_sysctl_falls_back(
         assert f"falling back to the socket table every {SOCKETS_FALLBACK_INTERVAL:g}s" in log, log
         watcher = _watcher(guardian, "conntrack")
         assert watcher["up"] is False and "nf_conntrack_events" in watcher["reason"], watcher
+        assert watcher["off"] is False, watcher  # asked for and failed: a fault
         assert lab.run("server", ["cat", EVENTS_SYSCTL]).stdout.strip() == "0"
         bound = SOCKETS_FALLBACK_INTERVAL + LINGER + TOLERANCE
         session_then_logout(server, guardian, "events-sysctl-0" + "-alone" * bool(extra), bound)
@@ -742,7 +745,8 @@ def test_conntrack_events_disabled_by_sysctl_falls_back(
 
 def test_no_journal_sessions_count_from_tcp(server: Server) -> None:
     guardian = server.start(config_text(), ("--no-journal",))
-    assert "watchers down: journal" in guardian.log_text()
+    assert re.search(r"watchers down: [^;]*; off: [^\n]*\bjournal\b", guardian.log_text())
+    assert _watcher(guardian, "journal")["off"] is True
     lab = server.lab
     knock_ok(lab)
     assert wait_for(lambda: granted(lab, CLIENT), GRANT_WAIT)

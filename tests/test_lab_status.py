@@ -428,6 +428,7 @@ def test_status_once_and_json_against_the_live_daemon(status_lab: StatusLab) -> 
         watchers = {w.name: w for w in snap.header.watchers}
         assert watchers["knock"].up and watchers["conntrack"].up
         assert not watchers["journal"].up and "disabled" in watchers["journal"].reason
+        assert watchers["journal"].off  # --no-journal: turned off, not failed
         assert snap.counters["knocks_completed"] >= 1
         assert any(e.kind == "grant_opened" and e.source == client for e in snap.events)
 

@@ -68,6 +68,20 @@ def test_sections_a_daemon_does_not_track_are_absent_and_states_never_vanish() -
     assert values['guardian_grants{state="linger"}'] == 0  # zero, not missing
 
 
+def test_a_watcher_turned_off_is_not_listed_as_down() -> None:
+    """watcher_up == 0 is what an alert fires on: a source the config leaves out is no fault."""
+    watchers = (
+        WatcherStatus("btmp", True),
+        WatcherStatus("journal", False, "journald not reachable"),
+        WatcherStatus("authlog", False, "not in [ban] sources", off=True),
+    )
+    header = dataclasses.replace(empty_snapshot().header, watchers=watchers)
+    values = samples(render_prometheus(dataclasses.replace(empty_snapshot(), header=header)))
+    assert values['guardian_watcher_up{watcher="btmp"}'] == 1
+    assert values['guardian_watcher_up{watcher="journal"}'] == 0
+    assert not any("authlog" in key for key in values)
+
+
 def test_hostile_names_and_labels_are_escaped() -> None:
     snapshot = dataclasses.replace(
         empty_snapshot(),

@@ -53,7 +53,9 @@ networks = st.one_of(
 ports = st.integers(0, 65535)
 counts = st.integers(0, 2**40)
 
-watchers = st.builds(WatcherStatus, st.text(min_size=1, max_size=12), st.booleans(), texts)
+watchers = st.builds(
+    WatcherStatus, st.text(min_size=1, max_size=12), st.booleans(), texts, st.booleans()
+)
 headers = st.builds(
     Header,
     version=texts,
@@ -156,6 +158,15 @@ def test_unknown_keys_are_ignored() -> None:
     assert from_json(doc) == busy_snapshot()
 
 
+def test_a_watcher_without_the_off_flag_reads_as_not_off() -> None:
+    """A daemon from before the flag (the CLI may be newer than the running daemon)."""
+    doc = empty_snapshot().to_json()
+    doc["header"]["watchers"] = [{"name": "authlog", "up": False, "reason": "x"}]
+    assert from_json(doc).header.watchers == (WatcherStatus("authlog", False, "x", off=False),)
+    doc["header"]["watchers"][0]["off"] = True
+    assert from_json(doc).header.watchers == (WatcherStatus("authlog", False, "x", off=True),)
+
+
 # ---- validation ---------------------------------------------------------------------------------
 
 
@@ -185,6 +196,11 @@ def _mutated(path: list[Any], value: Any) -> dict[str, Any]:
         (["header", "uptime"], "3s", "snapshot.header.uptime: expected a number, got a string"),
         (["header", "table_installed"], 1, "snapshot.header.table_installed: expected true or"),
         (["header", "watchers"], {}, "snapshot.header.watchers: expected a list"),
+        (
+            ["header", "watchers"],
+            [{"name": "n", "up": False, "reason": "", "off": "yes"}],
+            "snapshot.header.watchers[0].off: expected true or false",
+        ),
         (["grants", 0, "source"], "not-an-ip", "snapshot.grants[0].source: expected an IP address"),
         (["grants", 0, "source"], "192.0.2.0/24", "snapshot.grants[0].source: expected an IP"),
         (["grants", 0, "state"], "", "snapshot.grants[0].state: must not be empty"),

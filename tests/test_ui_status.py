@@ -111,6 +111,19 @@ def test_render_shows_what_the_issue_asks_for() -> None:
         assert expected in text, expected
 
 
+def test_a_watcher_turned_off_reads_off_not_down() -> None:
+    watchers = (
+        WatcherStatus("journal", False, "journald not reachable"),
+        WatcherStatus("authlog", False, "not in [ban] sources", off=True),
+    )
+    snapshot = busy_snapshot()
+    header = dataclasses.replace(snapshot.header, watchers=watchers)
+    text = render(dataclasses.replace(snapshot, header=header), 100)
+    assert "journal DOWN (journald not reachable)" in text
+    assert "authlog off (not in [ban] sources)" in text
+    assert "authlog DOWN" not in text
+
+
 def test_missing_sections_are_left_out_and_empty_ones_say_so() -> None:
     legacy = render(legacy_snapshot(), 100)
     assert "Sessions" not in legacy and "Bans" not in legacy

@@ -138,6 +138,10 @@ def _watchers_line(watchers: Sequence[WatcherStatus]) -> Text:
         line.append(f"{w.name} ")
         if w.up:
             line.append("up", style="green")
+        elif w.off:  # not asked for: no fault to shout about
+            line.append("off", style="dim")
+            if w.reason:
+                line.append(f" ({w.reason})", style="dim")
         else:
             line.append("DOWN", style="bold red")
             if w.reason:
