@@ -275,6 +275,8 @@ def _session_holds(s: Scene) -> None:
     time.sleep(max(0.0, s.knocked + WINDOW + PAST_WINDOW - time.monotonic()))
     n.say(f"{WINDOW + PAST_WINDOW:g} s after the knock, {PAST_WINDOW:g} s past its window:")
     n.check("the session still holds the client's grant", client in _set(lab, n, "allow4"))
+    n.say("[dim](its kernel timeout is a lease the daemon renews while a session lives: if the")
+    n.say("[dim] daemon died, access would lapse by itself and the session would go on)[/dim]")
     n.command("server", ["guardian", "sessions", "--json"])
     sessions = [x for x in _cli_json(s.daemon, "sessions") or [] if x.get("source") == client]
     for x in sessions:
@@ -283,6 +285,7 @@ def _session_holds(s: Scene) -> None:
         "the daemon knows it as an authenticated sshd session (journal)",
         any(x.get("authenticated") for x in sessions),
     )
+    s.daemon_says()
     ended = session.wait(timeout=hold + 30)
     n.say(f"the session ends (ssh exit {ended}); the grant lingers {LINGER:g} s, then:")
     closed = wait_until(lambda: not s.granted("client"), LINGER + 10.0)
