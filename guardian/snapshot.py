@@ -305,16 +305,14 @@ class _Reader:
         return value
 
     def flag(self, key: str) -> bool:
-        value = self._get(key, False)
-        if not isinstance(value, bool):
-            raise SnapshotError(f"{self.where(key)}: expected true or false, got {_kind(value)}")
-        return value
+        return self._bool(self._get(key, False), key)
 
     def opt_flag(self, key: str) -> bool | None:
         """A flag a daemon of an older version may leave out (None then)."""
         value = self._get(key, True)
-        if value is None:
-            return None
+        return None if value is None else self._bool(value, key)
+
+    def _bool(self, value: object, key: str) -> bool:
         if not isinstance(value, bool):
             raise SnapshotError(f"{self.where(key)}: expected true or false, got {_kind(value)}")
         return value
