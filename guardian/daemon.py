@@ -1100,7 +1100,12 @@ class DaemonControl:
         ).to_json()
 
     def grant(self, source: str, duration: float) -> dict[str, Any]:
-        self.daemon.queue([GrantRequested(parse_address(source), duration)])
+        actions = self.daemon.run_now([GrantRequested(parse_address(source), duration)])
+        refusals = [
+            a.detail for a in actions if isinstance(a, Notice) and a.kind == "grant_refused"
+        ]
+        if refusals:
+            raise ControlError(f"grant refused: {'; '.join(refusals)}")
         return {"queued": True}
 
     def revoke(self, source: str) -> dict[str, Any]:

@@ -31,6 +31,7 @@ MESSAGE_IDS: dict[str, str] = {
     "grant_refreshed": "c5ec0b09c25640dd8c2bb79838c9ebad",
     "grant_lingering": "9d4d7a43273c49db9f0dabd08e9aa8a5",
     "grant_closed": "73718e0742544d97ab2b6aa959b96eec",
+    "grant_refused": "65142a3373274d049037712300c5c74d",
     "unauthenticated_expired": "e3feea01f2dd40588f5b6992ca37ec37",
     "ban": "222e008a275e43c1b83d469c063bf9f4",
     "ban_refused": "bfb438a1ed5d479788ebf5f6e7baf5f8",

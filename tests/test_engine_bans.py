@@ -28,6 +28,7 @@ from guardian.events import (
     BanRequested,
     ConnectionOpened,
     GrantFound,
+    GrantRequested,
     KnockSeen,
     OffenceRecord,
     OffencesLoaded,
@@ -350,6 +351,17 @@ def test_an_operator_ban_closes_every_grant_inside_it_and_no_other() -> None:
     revoked = [a.source for a in actions if isinstance(a, RevokeGrant)]
     assert sorted(revoked) == inside
     assert [g.source for g in e.snapshot(T0 + 1).grants] == [outside]
+
+
+def test_an_operator_grant_for_a_banned_source_is_refused_and_says_why() -> None:
+    e = engine()
+    fail_times(e, [T0 + n for n in range(5)])
+    assert e.feed(GrantRequested(ATTACKER, 60.0), T0 + 10) == [
+        Notice("grant_refused", ATTACKER, "operator", "203.0.113.5/32 is banned; unban it first")
+    ]
+    assert e.snapshot(T0 + 10).grants == ()
+    assert e.snapshot(T0 + 10).counters["grants_refused"] == 1
+    assert isinstance(e.feed(GrantRequested(OTHER, 60.0), T0 + 10)[0], OpenGrant)
 
 
 def test_a_ban_that_covers_no_grant_closes_none() -> None:

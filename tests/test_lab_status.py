@@ -37,7 +37,7 @@ from typing import Any
 import pytest
 
 from bench.status_load import CONFIG, DAEMON_ARGS, compare, probe, run_rounds
-from guardian.control_client import request
+from guardian.control_client import ControlClientError, request
 from guardian.lab.guardian_proc import GuardianHandle, start_guardian
 from guardian.lab.netns import Lab, cleanup_stale
 from guardian.lab.nft import set_elements
@@ -792,6 +792,12 @@ def test_status_under_tmux_shows_a_ban_as_it_happens(status_lab: StatusLab, tmux
         assert f"{client}/32" in screen, screen
         assert took <= 1.0, f"the ban took {took:.2f}s to appear"
         assert re.search(r"^Bans \(1\)", screen, re.MULTILINE), screen
+        # The ban closed the grant the knock opened, and the write side of the socket refuses
+        # to open one while the ban stands (the ban's rule comes first: it would open nothing).
+        assert client not in set_elements(lab, "server", "allow4")
+        with pytest.raises(ControlClientError, match=f"{re.escape(client)}/32 is banned"):
+            request(str(status_lab.socket), {"cmd": "grant", "source": client, "duration": 30})
+        assert client not in set_elements(lab, "server", "allow4")
     finally:
         run_guardian("unban", client, "-s", str(status_lab.socket))
     # The Bans section empties (the events list goes on naming the network: "... lifted").

@@ -112,6 +112,7 @@ COUNTER_NAMES: tuple[str, ...] = (
     "grants_in_session",  # entries into IN_SESSION
     "grants_lingering",  # entries into LINGER (the last session ended)
     "grants_closed_by_linger",  # of grants_closed: linger ended with no session back
+    "grants_refused",  # operator grants for a banned source (the ban would make them useless)
     "lease_refreshes",  # kernel timeouts renewed while sessions live (every lease / 2)
     "connections_opened",  # connections first seen (from any watcher, or the journal)
     "connections_closed",  # connections ended (a close, a listing, the journal)
@@ -589,6 +590,11 @@ class Engine:
             self._counters["unexpected_events"] += 1
             return []
         source = normalize(event.source)
+        banned = self._bans.covering(source)
+        if banned is not None:  # the ban's rule comes first: such a grant would open nothing
+            self._counters["grants_refused"] += 1
+            detail = f"{banned} is banned; unban it first"
+            return [Notice("grant_refused", source, OPERATOR_DOOR, detail)]
         return self._grants.open(source, OPERATOR_DOOR, event.duration, now, event.reason)
 
     def _failure_notice(self, failed: KnockFailed) -> list[Action]:
