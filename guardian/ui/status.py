@@ -43,28 +43,55 @@ STATE_STYLES = {"window": "yellow", "in_session": "green", "linger": "cyan"}
 # Event kinds by how good the news is; unknown kinds stay plain.
 GOOD_WORDS = ("completed", "opened", "accepted", "adopted")
 BAD_WORDS = ("failed", "refused", "ban", "denied")
-# Counters shown in the knock line, in this order, when present.
-KNOCK_COUNTERS = ("knocks_seen", "knocks_completed", "knocks_ignored", "knocks_duplicate")
-GRANT_COUNTERS = ("grants_opened", "grants_refreshed", "grants_closed", "grants_adopted")
-SESSION_COUNTERS = {  # counter: label
-    "sessions_opened": "opened",
-    "sessions_closed": "closed",
-    "connections_opened": "connections",
-    "unauthenticated_expired": "never authenticated",
-}
-LOGIN_COUNTERS = {  # sshd's failed logins (engine/bans.py): what a home server's owner watches
-    "failures_seen": "reported",  # by every origin, an attempt in journal and btmp twice
-    "failures_counted": "attempts",  # distinct attempts that count towards a ban
-    "failures_while_banned": "while banned",
-}
-BAN_COUNTERS = {
-    "bans": "for failures",
-    "bans_operator": "by operator",
-    "bans_adopted": "adopted",
-    "bans_expired": "expired",
-    "unbans": "lifted",
-    "knocks_banned": "knocks ignored",
-}
+# The counter lines: a label, then each counter present, in this order, as "label value".
+COUNTER_LINES: tuple[tuple[str, dict[str, str]], ...] = (
+    (
+        "knock packets: ",
+        {
+            "knocks_seen": "seen",
+            "knocks_completed": "completed",
+            "knocks_ignored": "ignored",
+            "knocks_duplicate": "duplicate",
+        },
+    ),
+    (
+        "grants: ",
+        {
+            "grants_opened": "opened",
+            "grants_refreshed": "refreshed",
+            "grants_closed": "closed",
+            "grants_adopted": "adopted",
+        },
+    ),
+    (
+        "sessions: ",
+        {
+            "sessions_opened": "opened",
+            "sessions_closed": "closed",
+            "connections_opened": "connections",
+            "unauthenticated_expired": "never authenticated",
+        },
+    ),
+    (
+        "failed logins: ",  # sshd's (engine/bans.py): what a home server's owner watches
+        {
+            "failures_seen": "reported",  # by every origin: one attempt in journal and btmp twice
+            "failures_counted": "attempts",  # distinct attempts that count towards a ban
+            "failures_while_banned": "while banned",
+        },
+    ),
+    (
+        "bans: ",
+        {
+            "bans": "for failures",
+            "bans_operator": "by operator",
+            "bans_adopted": "adopted",
+            "bans_expired": "expired",
+            "unbans": "lifted",
+            "knocks_banned": "knocks ignored",
+        },
+    ),
+)
 
 
 def render_status(
@@ -372,21 +399,10 @@ def render_counters(snapshot: StatusSnapshot, width: int = WIDE) -> RenderableTy
     """Counter lines; items are packed whole, so "spa refused 3" never breaks across lines."""
     counters = snapshot.counters
     lines: list[tuple[str, list[str], str]] = []
-    knock = [f"{n.removeprefix('knocks_')} {counters[n]}" for n in KNOCK_COUNTERS if n in counters]
-    if knock:
-        lines.append(("knock packets: ", knock, ""))
-    grants = [f"{n.removeprefix('grants_')} {counters[n]}" for n in GRANT_COUNTERS if n in counters]
-    if grants:
-        lines.append(("grants: ", grants, ""))
-    sessions = [f"{label} {counters[n]}" for n, label in SESSION_COUNTERS.items() if n in counters]
-    if sessions:
-        lines.append(("sessions: ", sessions, ""))
-    logins = [f"{label} {counters[n]}" for n, label in LOGIN_COUNTERS.items() if n in counters]
-    if logins:
-        lines.append(("failed logins: ", logins, ""))
-    bans = [f"{label} {counters[n]}" for n, label in BAN_COUNTERS.items() if n in counters]
-    if bans:
-        lines.append(("bans: ", bans, ""))
+    for label, names in COUNTER_LINES:
+        items = [f"{word} {counters[name]}" for name, word in names.items() if name in counters]
+        if items:
+            lines.append((label, items, ""))
     failures = [f"{words(n)} {v}" for n, v in failure_counters(counters)]
     lines.append(("failures: ", failures or ["none"], "red" if failures else ""))
     text = Text("Counters", style="bold")
