@@ -280,7 +280,7 @@ class Engine:
             actions += self._on_signals(event, now)
         elif isinstance(event, GrantFound):
             adopted = self._grants.adopt(normalize(event.source), event.expires_in, now)
-            actions += self._close_banned_grants(adopted, normalize(event.source))
+            actions += self._close_banned_grants(adopted, adopting=True)
         elif isinstance(event, GrantRequested):
             actions += self._on_grant_requested(event, now)
         elif isinstance(event, RevokeRequested):
@@ -387,21 +387,16 @@ class Engine:
     # -- events --------------------------------------------------------------------------------
 
     def _close_banned_grants(
-        self, actions: list[Action], only: IPAddress | None = None, *, adopting: bool = False
+        self, actions: list[Action], *, adopting: bool = False
     ) -> list[Action]:
-        """`actions`, then a revoke for each grant a ban covers: every grant when `actions` ban
-        something or bans are being adopted (they come with no Ban action), else only the grant
-        of `only` (one just adopted). A ban outranks a grant: its rule is matched first, so the
-        source could not use the grant anyway; closing it keeps the table, the status and the
-        hooks from showing a door open to a banned source, and a short ban from ending into a
-        grant still open."""
-        if only is not None:
-            sources = [only] if only in self._grants else []
-        elif len(self._grants) and (adopting or any(isinstance(a, Ban) for a in actions)):
-            sources = self._grants.sources()
-        else:
+        """`actions`, then a revoke for each grant a ban covers, checked when `actions` ban
+        something or at start-up adoption (adopted bans and grants come with no Ban action). A ban
+        outranks a grant: its rule is matched first, so the source could not use the grant
+        anyway; closing it keeps the table, the status and the hooks from showing a door open to
+        a banned source, and a short ban from ending into a grant still open."""
+        if not len(self._grants) or not (adopting or any(isinstance(a, Ban) for a in actions)):
             return actions
-        for source in sources:
+        for source in self._grants.sources():
             if self._bans.covering(source) is not None:
                 actions = actions + self._grants.revoke(source, REASON_BANNED)
         return actions
